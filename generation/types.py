@@ -1,0 +1,61 @@
+"""Plain values that cross the engine's boundary (no torch here, so every layer may import them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+MAX_VARIATIONS = 4
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are drawn. Jobs batch together only when these are equal."""
+
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+
+
+@dataclass
+class Audio:
+    """Float32 samples shaped (channels, frames), in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.samples.shape[0]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job's worth of generation: `variations` rows of the same prompt, seeds seed..seed+variations-1."""
+
+    prompt: str
+    duration_s: float
+    variations: int = 1
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Continuation: the audio to continue. The output starts with it.
+    audio_prompt: Audio | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step of a model call, for progress bars and ETAs."""
+
+    step: int
+    total: int
+    elapsed_s: float
+
+
+ProgressCallback = Callable[[Progress], None]
