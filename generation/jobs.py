@@ -124,6 +124,8 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def job_by_key(self, idempotency_key: str) -> Job | None: ...
+
     async def unfinished_jobs(self) -> list[Job]:
         """Queued and running jobs, oldest first: what a restart must resume."""
 

@@ -1,0 +1,106 @@
+"""Turns a batch of jobs into one model call, and each job's audio into stored, tagged files.
+
+Split in two on purpose: `generate` holds the accelerator and runs in the single model thread; `render` (loudness,
+MP3, FLAC, waveform) runs in other threads while the next batch is already generating.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import soundfile as sf
+
+from generation import __version__
+from generation.backend import Backend
+from generation.continuation import continue_audio
+from generation.jobs import Job, JobKind, TrackRecord
+from generation.postprocess import Provenance, render_track
+from generation.types import Audio, GenerationRequest, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+
+class MediaStore(Protocol):
+    """Where track files live (storage.files.FileStore): relative paths in rows, absolute ones on disk."""
+
+    def path_for(self, track_id: str, ext: str) -> str: ...
+
+    def absolute(self, rel: str) -> Path: ...
+
+
+def track_id_for(job: Job, variation: int) -> str:
+    """Deterministic, so a job generated twice after a crash overwrites its own files instead of leaking new ones."""
+    return f"{job.id}v{variation}"
+
+
+def load_master(path: Path, sample_rate: int) -> Audio:
+    """Read a stored FLAC/WAV master (already at the model's rate: the upload guard resampled it)."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if rate != sample_rate:
+        import soxr
+
+        data = soxr.resample(data, rate, sample_rate)
+    return Audio(np.ascontiguousarray(data.T), sample_rate)
+
+
+class JobRunner:
+    def __init__(self, backend_for: Callable[[str], Backend], media: MediaStore) -> None:
+        self.backend_for = backend_for
+        self.media = media
+
+    def generate(
+        self,
+        jobs: list[Job],
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, list[Audio]]:
+        """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
+        backend = self.backend_for(jobs[0].model)
+        if jobs[0].kind is JobKind.CONTINUE:
+            if len(jobs) != 1:
+                raise ValueError("continuation jobs run one at a time")
+            job = jobs[0]
+            if not job.input_audio:
+                raise ValueError("continuation job without input audio")
+            source = load_master(self.media.absolute(job.input_audio), backend.sample_rate)
+            pieces = continue_audio(backend, source, job.prompt, job.duration_s, variations=job.variations,
+                                    seed=job.seed, sampling=job.sampling, progress=progress, should_stop=should_stop)
+            return {job.id: pieces}
+        requests = [
+            GenerationRequest(prompt=j.prompt, duration_s=j.duration_s, variations=j.variations, seed=j.seed,
+                              sampling=j.sampling)
+            for j in jobs
+        ]
+        results = backend.generate(requests, progress=progress, should_stop=should_stop)
+        return {j.id: audios for j, audios in zip(jobs, results)}
+
+    def render(self, job: Job, audios: list[Audio]) -> list[TrackRecord]:
+        """Write each variation's FLAC master, tagged MP3 and waveform; return the rows to store."""
+        backend = self.backend_for(job.model)
+        tracks = []
+        for i, audio in enumerate(audios):
+            track_id = track_id_for(job, i)
+            params = {"duration_s": job.duration_s, "variation": i, "kind": job.kind.value,
+                      "operation": job.operation.value, **asdict(job.sampling)}
+            if job.parent_track_id:
+                params["parent_track_id"] = job.parent_track_id
+            provenance = Provenance(
+                track_id=track_id, prompt=job.prompt, seed=job.seed + i, model_id=job.model,
+                model_license=backend.license, params=params, software=f"bandmate {__version__}",
+            )
+            mp3_rel = self.media.path_for(track_id, "mp3")
+            out_dir = self.media.absolute(mp3_rel).parent
+            rendered = render_track(audio, provenance, out_dir, track_id)
+            tracks.append(TrackRecord(
+                id=track_id, job_id=job.id, variation=i, prompt=job.prompt, seed=job.seed + i, model=job.model,
+                duration_s=rendered.duration_s, params=params, mp3=mp3_rel,
+                png=self.media.path_for(track_id, "png"), flac=self.media.path_for(track_id, "flac"),
+                operation=job.operation, parent_track_id=job.parent_track_id, user_id=job.user_id,
+                guild_id=job.guild_id, channel_id=job.channel_id,
+            ))
+        return tracks

@@ -1,0 +1,540 @@
+"""The fair, batching job queue in front of the model.
+
+SQLite (through the `JobStore` protocol) is the truth; the queue in memory is rebuilt from it at start. Jobs are
+served round robin across users, so one person's ten jobs never starve another's one, and compatible jobs (same
+model, kind and sampling; durations close enough that padding wastes at most ~25%) share one model call. Where the
+model runs is the executor's business: in this process (`LocalExecutor`) or on GPU workers over Redis.
+
+Delivery is a recorded step of its own: a finished job is marked SENDING before its transport sends anything
+and DELIVERED after; on restart, jobs not yet DELIVERED are handed to their transport again, which uses a nonce
+derived from the job so a resend never shows twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Awaitable, Callable, Protocol
+
+from generation.backend import GenerationCancelled, OutOfMemory
+from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
+from generation.runner import JobRunner
+from generation.types import Audio, Progress
+
+log = logging.getLogger(__name__)
+
+FRAME_RATE = 50
+
+
+def job_steps(job: Job) -> int:
+    return math.ceil(job.duration_s * FRAME_RATE) + 3
+
+
+class QueueRefused(Exception):
+    """The job was not queued; `user_message` says why, politely."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class EventKind(str, Enum):
+    QUEUED = "queued"
+    POSITION = "position"
+    STARTED = "started"
+    PROGRESS = "progress"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    kind: EventKind
+    job_id: str
+    user_id: str
+    step: int = 0
+    total: int = 0
+    position: int | None = None  # 1 = next to run
+    eta_s: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 4  # sequences per model call; variations count, guidance's doubling does not
+    per_user_pending: int = 3
+    max_depth: int = 100
+    job_timeout_s: float = 900.0
+    max_attempts: int = 2
+    padding_waste: float = 0.25
+    progress_interval_s: float = 0.5
+    delivery_retries: int = 5
+    delivery_retry_s: float = 2.0
+
+
+class DeliverySink(Protocol):
+    """A transport's way to hand a finished (or failed, or cancelled) job to its user. Must be safe to repeat."""
+
+    async def deliver(self, job: Job, tracks: list[TrackRecord]) -> None: ...
+
+
+class Executor(Protocol):
+    """Runs batches: here in a model thread, or on remote workers."""
+
+    batch_limit: int | None  # None: batch as the scheduler likes; 1: dispatch single jobs (workers batch)
+
+    def has_capacity(self) -> bool: ...
+
+    async def execute(
+        self, jobs: list[Job], progress: Callable[[Progress], None], should_stop: Callable[[], bool]
+    ) -> dict[str, list[TrackRecord]]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """The model in one worker thread; rendering in other threads so the next batch starts at once."""
+
+    batch_limit = None
+
+    def __init__(self, runner: JobRunner, *, render_threads: int = 2) -> None:
+        self.runner = runner
+        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
+        self._render = ThreadPoolExecutor(max_workers=render_threads, thread_name_prefix="bandmate-render")
+        self._generating = False
+        self.on_capacity: Callable[[], None] = lambda: None
+
+    def has_capacity(self) -> bool:
+        return not self._generating
+
+    async def execute(self, jobs, progress, should_stop):
+        loop = asyncio.get_running_loop()
+        self._generating = True
+        try:
+            audios: dict[str, list[Audio]] = await loop.run_in_executor(
+                self._model, lambda: self.runner.generate(jobs, progress=progress, should_stop=should_stop)
+            )
+        finally:
+            self._generating = False
+            self.on_capacity()
+        renders = [loop.run_in_executor(self._render, self.runner.render, job, audios[job.id]) for job in jobs]
+        results = await asyncio.gather(*renders)
+        return {job.id: tracks for job, tracks in zip(jobs, results)}
+
+    async def close(self) -> None:
+        self._model.shutdown(wait=True, cancel_futures=True)
+        self._render.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Batch:
+    jobs: list[Job]
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0
+    total: int = 0
+    last_event: float = 0.0
+    stop_reason: str | None = None  # "timeout" | "shutdown"
+
+
+class Scheduler:
+    def __init__(self, store: JobStore, executor: Executor, config: SchedulerConfig = SchedulerConfig()) -> None:
+        self.store = store
+        self.executor = executor
+        self.config = config
+        self._queued: dict[str, deque[Job]] = {}
+        self._rotation: deque[str] = deque()
+        self._batches: list[_Batch] = []
+        self._cancelled: set[str] = set()
+        self._sinks: dict[str, DeliverySink] = {}
+        self._listeners: list[Callable[[JobEvent], None]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._closing = False
+        self._step_s: float | None = None  # measured seconds per model step (EMA)
+        if hasattr(executor, "on_capacity"):
+            executor.on_capacity = self._wake_threadsafe
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume what a crash or restart left: queued and running jobs run (again); results are delivered."""
+        self._loop = asyncio.get_running_loop()
+        for job in await self.store.unfinished_jobs():
+            if job.state is JobState.RUNNING:
+                job.state = JobState.QUEUED
+                await self.store.update_job(job)
+            self._enqueue(job)
+        if self.depth:
+            log.info("resumed %d unfinished jobs", self.depth)
+        self._loop_task = asyncio.create_task(self._run(), name="bandmate-scheduler")
+        await self.redeliver()
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Graceful stop: no new jobs; running ones finish within grace_s or are requeued; nothing half-written."""
+        self._closing = True
+        self._wake.set()
+        for batch in self._batches:
+            for job in batch.jobs:
+                self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id,
+                                    message="The bot is restarting; your piece is finishing first."))
+        for queue in self._queued.values():
+            for job in queue:
+                self._emit(JobEvent(EventKind.REQUEUED, job.id, job.user_id,
+                                    message="The bot is restarting; your request is kept and will run when it is back."))
+        deadline = time.monotonic() + grace_s
+        while self._batches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for batch in self._batches:
+            batch.stop_reason = "shutdown"
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.executor.close()
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def listen(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
+        """Receive every job event (on the event loop). Returns a function that stops listening."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    async def add_sink(self, name: str, sink: DeliverySink) -> None:
+        """Register a transport's delivery, then hand it whatever it has not yet delivered."""
+        self._sinks[name] = sink
+        if self._loop_task is not None:
+            await self.redeliver()
+
+    @property
+    def depth(self) -> int:
+        return sum(len(q) for q in self._queued.values())
+
+    def pending_for(self, user_id: str) -> int:
+        running = sum(1 for b in self._batches for j in b.jobs if j.user_id == user_id)
+        return len(self._queued.get(user_id, ())) + running
+
+    async def submit(self, job: Job) -> Job:
+        """Persist then queue a job. Raises QueueRefused with a message for the user when a cap is reached."""
+        if self._closing:
+            raise QueueRefused("The bot is restarting right now; please try again in a minute.")
+        if job.idempotency_key:
+            existing = await self.store.job_by_key(job.idempotency_key)
+            if existing is not None:
+                return existing
+        pending = self.pending_for(job.user_id)
+        if pending >= self.config.per_user_pending:
+            raise QueueRefused(
+                f"You already have {pending} pieces waiting (the limit is {self.config.per_user_pending}). "
+                "Wait for one to finish, or cancel one with /cancel."
+            )
+        if self.depth >= self.config.max_depth:
+            raise QueueRefused(f"The queue is full ({self.depth} pieces waiting). Please try again in a few minutes.")
+        stored = await self.store.add_job(job)
+        if stored.id != job.id:  # same idempotency key: the job already exists
+            return stored
+        self._enqueue(stored)
+        position = self.position(stored.id)
+        self._emit(JobEvent(EventKind.QUEUED, stored.id, stored.user_id, position=position,
+                            eta_s=self.eta(stored.id), total=job_steps(stored)))
+        self._wake.set()
+        return stored
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job. Returns False when it had already finished (or is unknown)."""
+        for user, queue in self._queued.items():
+            for job in queue:
+                if job.id == job_id:
+                    queue.remove(job)
+                    job.state = JobState.CANCELLED
+                    job.finished_at = time.time()
+                    job.error = "Cancelled."
+                    await self.store.update_job(job)
+                    self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message="Cancelled."))
+                    self._emit_positions()
+                    return True
+        for batch in self._batches:
+            if any(j.id == job_id for j in batch.jobs):
+                self._cancelled.add(job_id)
+                return True
+        return False
+
+    def queued_jobs(self) -> list[Job]:
+        """Queued jobs in the order they will be served."""
+        return self._fair_order()
+
+    def running_jobs(self) -> list[Job]:
+        return [j for b in self._batches for j in b.jobs]
+
+    def position(self, job_id: str) -> int | None:
+        for i, job in enumerate(self._fair_order(), start=1):
+            if job.id == job_id:
+                return i
+        return None
+
+    def eta(self, job_id: str) -> float | None:
+        """Seconds until the job is done, from the measured speed of the model (None until measured)."""
+        if self._step_s is None:
+            return None
+        running = max((b.total - b.step for b in self._batches), default=0) * self._step_s
+        for batch in self._batches:
+            if any(j.id == job_id for j in batch.jobs):
+                return (batch.total - batch.step) * self._step_s
+        ahead = 0.0
+        for job in self._fair_order():
+            share = min(1.0, job.rows / max(1, self.config.max_batch))
+            ahead += job_steps(job) * self._step_s * share
+            if job.id == job_id:
+                return running + ahead
+        return None
+
+    # -- queue internals ----------------------------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        if job.user_id not in self._queued:
+            self._queued[job.user_id] = deque()
+        if job.user_id not in self._rotation:
+            self._rotation.append(job.user_id)
+        self._queued[job.user_id].append(job)
+
+    def _fair_order(self) -> list[Job]:
+        """Round robin: each user's oldest job, user by user, then each user's second, and so on."""
+        queues = [list(self._queued.get(u, ())) for u in self._rotation]
+        order, depth = [], max((len(q) for q in queues), default=0)
+        for i in range(depth):
+            order.extend(q[i] for q in queues if i < len(q))
+        return order
+
+    def _compatible(self, head: Job, other: Job, durations: list[float]) -> bool:
+        if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
+            return False
+        if head.kind is JobKind.CONTINUE:
+            return False
+        longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
+        return shortest >= (1.0 - self.config.padding_waste) * longest
+
+    def _next_batch(self) -> list[Job]:
+        order = self._fair_order()
+        if not order:
+            return []
+        head = order[0]
+        batch, rows, durations = [head], head.rows, [head.duration_s]
+        limit = self.executor.batch_limit
+        if limit != 1:
+            for job in order[1:]:
+                if rows + job.rows > self.config.max_batch:
+                    continue
+                if self._compatible(head, job, durations):
+                    batch.append(job)
+                    rows += job.rows
+                    durations.append(job.duration_s)
+                if limit is not None and len(batch) >= limit:
+                    break
+        for job in batch:
+            self._queued[job.user_id].remove(job)
+        # The head's user goes to the back of the rotation: the next batch starts with someone else.
+        self._rotation.remove(head.user_id)
+        self._rotation.append(head.user_id)
+        for user in [u for u in self._rotation if not self._queued.get(u)]:
+            self._rotation.remove(user)
+            self._queued.pop(user, None)
+        return batch
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def _wake_threadsafe(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            started = False
+            while not self._closing and self.executor.has_capacity():
+                batch = self._next_batch()
+                if not batch:
+                    break
+                await self._start_batch(batch)
+                started = True
+            if started:
+                self._emit_positions()
+                await asyncio.sleep(0)  # let the executor take the batch before judging capacity again
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _start_batch(self, jobs: list[Job]) -> None:
+        now = time.time()
+        for job in jobs:
+            job.state = JobState.RUNNING
+            job.started_at = now
+            job.attempts += 1
+            await self.store.update_job(job)
+        batch = _Batch(jobs=jobs, total=max(job_steps(j) for j in jobs))
+        self._batches.append(batch)
+        for job in jobs:
+            self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
+                                eta_s=self.eta(job.id), message=f"batch of {len(jobs)}"))
+        self._spawn(self._run_batch(batch))
+
+    def _spawn(self, coro: Awaitable) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _should_stop(self, batch: _Batch) -> bool:
+        if batch.stop_reason:
+            return True
+        if all(j.id in self._cancelled for j in batch.jobs):
+            return True
+        if time.monotonic() - batch.started > self.config.job_timeout_s:
+            batch.stop_reason = "timeout"
+            return True
+        return False
+
+    def _on_progress(self, batch: _Batch, p: Progress) -> None:
+        batch.step, batch.total = p.step, p.total
+        if p.step > 2 and p.elapsed_s > 0:
+            # Skip the first steps (prefill, warm-up) when measuring the model's speed.
+            rate = p.elapsed_s / p.step
+            self._step_s = rate if self._step_s is None else 0.8 * self._step_s + 0.2 * rate
+        now = time.monotonic()
+        if now - batch.last_event < self.config.progress_interval_s and p.step < p.total:
+            return
+        batch.last_event = now
+        for job in batch.jobs:
+            self._emit(JobEvent(EventKind.PROGRESS, job.id, job.user_id, step=p.step, total=p.total,
+                                eta_s=(p.total - p.step) * (self._step_s or 0.0)))
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(p: Progress) -> None:
+            loop.call_soon_threadsafe(self._on_progress, batch, p)
+
+        try:
+            results = await self.executor.execute(batch.jobs, progress, lambda: self._should_stop(batch))
+        except GenerationCancelled:
+            await self._stopped(batch)
+        except OutOfMemory:
+            await self._split_after_oom(batch)
+        except Exception as error:  # noqa: BLE001 - a failed batch must never take the queue down
+            log.exception("batch of %d failed", len(batch.jobs))
+            await self._failed(batch.jobs, error)
+        else:
+            await asyncio.gather(*(self._finish(job, results.get(job.id, [])) for job in batch.jobs))
+        finally:
+            self._batches.remove(batch)
+            self._wake.set()
+
+    async def _stopped(self, batch: _Batch) -> None:
+        for job in batch.jobs:
+            if job.id in self._cancelled:
+                await self._mark_cancelled(job)
+            elif batch.stop_reason == "timeout":
+                await self._mark_failed(job, f"That took longer than {self.config.job_timeout_s:.0f} s and was stopped.")
+            else:  # shutdown: back to the queue, to run after the restart
+                job.state = JobState.QUEUED
+                job.attempts = max(0, job.attempts - 1)
+                await self.store.update_job(job)
+                self._emit(JobEvent(EventKind.REQUEUED, job.id, job.user_id,
+                                    message="The bot is restarting; your request will run when it is back."))
+
+    async def _split_after_oom(self, batch: _Batch) -> None:
+        jobs = [j for j in batch.jobs if j.id not in self._cancelled]
+        if len(jobs) <= 1:
+            for job in jobs:
+                await self._mark_failed(job, "Not enough GPU memory for this request. Try fewer variations or a "
+                                             "shorter duration.")
+            return
+        half = len(jobs) // 2
+        log.warning("out of memory with %d jobs; retrying as %d + %d", len(jobs), half, len(jobs) - half)
+        for part in (jobs[:half], jobs[half:]):
+            for job in part:
+                job.attempts = max(0, job.attempts - 1)
+            await self._start_batch(part)
+
+    async def _failed(self, jobs: list[Job], error: Exception) -> None:
+        for job in jobs:
+            if job.id in self._cancelled:
+                await self._mark_cancelled(job)
+            elif job.attempts < self.config.max_attempts and not self._closing:
+                job.state = JobState.QUEUED
+                await self.store.update_job(job)
+                self._enqueue(job)
+            else:
+                await self._mark_failed(job, "Something went wrong while making this piece; it was not finished. "
+                                             "Please try again.")
+
+    async def _finish(self, job: Job, tracks: list[TrackRecord]) -> None:
+        if job.id in self._cancelled:
+            await self._mark_cancelled(job)
+            return
+        job.state = JobState.DONE
+        job.finished_at = time.time()
+        job.error = None
+        await self.store.complete_job(job, tracks)
+        self._emit(JobEvent(EventKind.DONE, job.id, job.user_id, step=1, total=1))
+        await self._deliver(job, tracks)
+
+    async def _mark_cancelled(self, job: Job) -> None:
+        self._cancelled.discard(job.id)
+        job.state = JobState.CANCELLED
+        job.finished_at = time.time()
+        job.error = "Cancelled."
+        await self.store.update_job(job)
+        self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message=job.error))
+
+    async def _mark_failed(self, job: Job, message: str) -> None:
+        job.state = JobState.FAILED
+        job.finished_at = time.time()
+        job.error = message
+        await self.store.update_job(job)
+        self._emit(JobEvent(EventKind.FAILED, job.id, job.user_id, message=message))
+        await self._deliver(job, [])
+
+    # -- delivery -----------------------------------------------------------------------------------------
+
+    async def redeliver(self) -> None:
+        for job in await self.store.undelivered_jobs():
+            if job.delivery.get("sink") in self._sinks:
+                tracks = await self.store.tracks_for_job(job.id) if job.state is JobState.DONE else []
+                self._spawn(self._deliver(job, tracks))
+
+    async def _deliver(self, job: Job, tracks: list[TrackRecord]) -> None:
+        sink = self._sinks.get(job.delivery.get("sink", ""))
+        if sink is None:
+            return  # stays undelivered until its transport registers
+        for attempt in range(1, self.config.delivery_retries + 1):
+            await self.store.set_delivery_state(job.id, DeliveryState.SENDING)
+            job.delivery_state = DeliveryState.SENDING
+            try:
+                await sink.deliver(job, tracks)
+            except Exception:  # noqa: BLE001 - retried; the row stays SENDING so a restart resends
+                log.exception("delivery of job %s failed (attempt %d)", job.id, attempt)
+                await asyncio.sleep(self.config.delivery_retry_s * attempt)
+                continue
+            await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)
+            job.delivery_state = DeliveryState.DELIVERED
+            return
+
+    # -- events -------------------------------------------------------------------------------------------
+
+    def _emit(self, event: JobEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop the queue
+                log.exception("job event listener failed")
+
+    def _emit_positions(self) -> None:
+        for i, job in enumerate(self._fair_order(), start=1):
+            self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id)))
