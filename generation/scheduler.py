@@ -168,7 +168,10 @@ class Scheduler:
     async def start(self) -> None:
         """Resume what a crash or restart left: queued and running jobs run (again); results are delivered."""
         self._loop = asyncio.get_running_loop()
+        known = {j.id for q in self._queued.values() for j in q}
         for job in await self.store.unfinished_jobs():
+            if job.id in known:
+                continue
             if job.state is JobState.RUNNING:
                 job.state = JobState.QUEUED
                 await self.store.update_job(job)
@@ -357,16 +360,11 @@ class Scheduler:
 
     async def _run(self) -> None:
         while not self._closing:
-            started = False
-            while not self._closing and self.executor.has_capacity():
-                batch = self._next_batch()
-                if not batch:
-                    break
+            batch = self._next_batch() if self.executor.has_capacity() else []
+            if batch:
                 await self._start_batch(batch)
-                started = True
-            if started:
                 self._emit_positions()
-                await asyncio.sleep(0)  # let the executor take the batch before judging capacity again
+                await asyncio.sleep(0)  # let the executor take the batch before judging its capacity again
                 continue
             self._wake.clear()
             await self._wake.wait()
@@ -440,7 +438,7 @@ class Scheduler:
             if job.id in self._cancelled:
                 await self._mark_cancelled(job)
             elif batch.stop_reason == "timeout":
-                await self._mark_failed(job, f"That took longer than {self.config.job_timeout_s:.0f} s and was stopped.")
+                await self._mark_failed(job, f"That took longer than {self.config.job_timeout_s:g} s and was stopped.")
             else:  # shutdown: back to the queue, to run after the restart
                 job.state = JobState.QUEUED
                 job.attempts = max(0, job.attempts - 1)
