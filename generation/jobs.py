@@ -40,6 +40,8 @@ class JobKind(str, Enum):
 
     TEXT = "text"  # text-to-music
     CONTINUE = "continue"  # audio prompt + text
+    REMIX = "remix"  # a melody (chroma) + text, through the melody model
+    SONG = "song"  # sections made one after another by continuation
 
 
 class Operation(str, Enum):
@@ -75,6 +77,8 @@ class Job:
     channel_id: str | None = None
     # Where and how to deliver the result; opaque to the engine, read by the transport's delivery sink.
     delivery: dict[str, Any] = field(default_factory=dict)
+    # Kind-specific parameters (song sections, blended tags, variation strength...), JSON-serialisable.
+    spec: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
     # Unix time after which the transport's interaction token no longer works (Discord: 15 minutes).
     interaction_expires_at: float | None = None

@@ -47,6 +47,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # Continuation: the audio to continue. The output starts with it.
     audio_prompt: Audio | None = None
+    # Melody conditioning (MusicGen-melody): audio whose chroma the output follows.
+    melody: Audio | None = None
 
 
 @dataclass(frozen=True)

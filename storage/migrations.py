@@ -135,8 +135,23 @@ CREATE TABLE taste_events (
 CREATE INDEX taste_events_by_user ON taste_events (user_id, created);
 """
 
+_JOB_SPEC_AND_LINKS = """
+-- Kind-specific parameters of a job (song sections, blended tags, variation strength...), JSON object.
+ALTER TABLE jobs ADD COLUMN spec TEXT NOT NULL DEFAULT '{}';
+
+-- Which job a transport's message or thread belongs to, so replies and buttons find their track.
+-- ref is the transport's own id, e.g. "discord:message:123" or "discord:thread:456".
+CREATE TABLE conversation_links (
+    ref TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    created REAL NOT NULL
+);
+CREATE INDEX conversation_links_job ON conversation_links(job_id);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _sql(_INITIAL_SCHEMA)),
+    Migration(2, "job spec and conversation links", _sql(_JOB_SPEC_AND_LINKS)),
 ]
 
 
