@@ -147,13 +147,14 @@ class Engine:
         from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig
         from storage.database import Database
         from storage.files import FileStore
-        from storage.jobstore import SqliteJobStore
+        from storage.jobstore import ConversationLinks, SqliteJobStore
 
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.db_path)
         self.files = FileStore(settings.data_dir)
         self.store = SqliteJobStore(self.db)
+        self.links = ConversationLinks(self.db)
         self.models = ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile)
         self.runner = JobRunner(self.models, self.files)
         config = SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,

@@ -369,3 +369,34 @@ class SqliteJobStore:
             return [p for p in row if p]
 
         return await self.db.write(delete)
+
+
+class ConversationLinks:
+    """Which job a transport's message or thread belongs to ("discord:message:123" -> job id)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def link(self, ref: str, job_id: str) -> None:
+        def insert(db: sqlite_utils.Database) -> None:
+            db.execute("INSERT OR REPLACE INTO conversation_links (ref, job_id, created) VALUES (?, ?, ?)",
+                       [ref, job_id, time.time()])
+
+        await self.db.write(insert)
+
+    async def job_for(self, ref: str) -> str | None:
+        def find(db: sqlite_utils.Database) -> str | None:
+            row = db.execute("SELECT job_id FROM conversation_links WHERE ref = ?", [ref]).fetchone()
+            return row[0] if row else None
+
+        return await self.db.read(find)
+
+    async def jobs_since(self, user_id: str, since: float) -> int:
+        """Jobs a user submitted since a time (for daily quotas); cancelled and failed ones do not count."""
+
+        def count(db: sqlite_utils.Database) -> int:
+            return db.execute(
+                "SELECT count(*) FROM jobs WHERE user_id = ? AND created_at >= ? AND state NOT IN ('cancelled', 'failed')",
+                [user_id, since]).fetchone()[0]
+
+        return await self.db.read(count)
