@@ -87,6 +87,8 @@ class Settings:
     job_timeout_s: float = 900.0
     max_duration_s: float = 30.0
     max_upload_mb: int = 25
+    cooldown_s: float = 5.0
+    daily_quota: int = 200
     discord_token: str | None = field(default=None, repr=False)  # never printed
     discord_guild_ids: tuple[int, ...] = ()
     discord_api_base: str | None = None
@@ -119,6 +121,8 @@ class Settings:
             job_timeout_s=_float(env, "BANDMATE_JOB_TIMEOUT_S", 900.0, 1.0, 86_400.0),
             max_duration_s=_float(env, "BANDMATE_MAX_DURATION_S", 30.0, 1.0, 300.0),
             max_upload_mb=_int(env, "BANDMATE_MAX_UPLOAD_MB", 25, 1, 500),
+            cooldown_s=_float(env, "BANDMATE_COOLDOWN_S", 5.0, 0.0, 3600.0),
+            daily_quota=_int(env, "BANDMATE_DAILY_QUOTA", 200, 1, 1_000_000),
             discord_token=env.get("DISCORD_TOKEN", "").strip() or None,
             discord_guild_ids=tuple(guilds),
             discord_api_base=env.get("DISCORD_API_BASE", "").strip() or None,
@@ -159,18 +163,32 @@ class Engine:
         self.runner = JobRunner(self.models, self.files)
         config = SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,
                                  max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s)
-        self.executor = LocalExecutor(self.runner)
+        if settings.redis_url:  # [redis scale-out] workers run the model; this process keeps the fair queue
+            from generation.remote import RedisExecutor
+
+            self.executor = RedisExecutor.from_settings(settings, self.files, self.store)
+        else:
+            self.executor = LocalExecutor(self.runner)
         self.scheduler = Scheduler(self.store, self.executor, config)
+        self.started = False
+        self._closed = False
 
     async def load_model(self):
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
+        if self.settings.redis_url:  # [redis scale-out] the workers load the model (`python bot.py worker`)
+            return None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor._model, self.models.get, self.settings.model)
 
     async def start(self) -> None:
+        self.started = True
         await self.scheduler.start()
 
     async def close(self, grace_s: float = 30.0) -> None:
+        """Idempotent: stop the queue (running jobs finish within grace_s or are requeued), then the database."""
+        if self._closed:
+            return
+        self._closed = True
         await self.scheduler.stop(grace_s)
         self.db.close()
 

@@ -220,7 +220,8 @@ class Bandmate:
 
     async def from_track(self, who: Requester, track_id: str, operation: Operation, *, delivery: dict[str, Any],
                          seconds: float | None = None, edit: PromptEdit | None = None,
-                         idempotency_key: str | None = None, prompt: str | None = None) -> Job:
+                         idempotency_key: str | None = None, prompt: str | None = None,
+                         interaction_expires_at: float | None = None) -> Job:
         """A new job derived from a track: variations, continue/extend, an edited prompt, more like this."""
         parent = await self.track(track_id)
         if idempotency_key:
@@ -234,7 +235,8 @@ class Bandmate:
         job = Job(user_id=who.user_id, prompt=prompt or parent.prompt, duration_s=parent.duration_s, model=parent.model,
                   operation=operation, variations=min(variations, self.config.max_variations),
                   seed=random.randrange(2**31), sampling=sampling, parent_track_id=parent.id, guild_id=who.guild_id,
-                  channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key)
+                  channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
+                  interaction_expires_at=interaction_expires_at)
         if operation in (Operation.CONTINUE, Operation.EXTEND):
             seconds = seconds or 10.0
             if parent.duration_s + seconds > self.config.max_total_s + 1e-6:

@@ -41,4 +41,19 @@ class ModelRegistry:
     def _load(self, model_id: str) -> Backend:
         from generation.musicgen import MusicGenBackend
 
+        if checkpoint_model_type(model_id) == "musicgen_melody":  # --- REMIX: the melody model's own backend ---
+            from generation.melody import MelodyBackend
+
+            return MelodyBackend.load(model_id, device=self.device, dtype=self.dtype, compile=self.compile)
         return MusicGenBackend.load(model_id, device=self.device, dtype=self.dtype, compile=self.compile)
+
+
+def checkpoint_model_type(model_id: str) -> str | None:
+    """config.json's model_type, or None when it cannot be read (MusicGenBackend.load then says what is wrong)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_id).model_type
+    except Exception as error:  # noqa: BLE001 - any failure falls through to the loader's own error message
+        log.debug("no readable config for %s: %s", model_id, error)
+        return None

@@ -3,6 +3,9 @@
 transformers' own `generate` runs the decoder (KV cache, guidance); `RowSampler` draws the tokens, each row from
 its own seed, and ends the call after the last step. Un-delaying and EnCodec decoding happen here, one job at a
 time at that job's own length, so a job's audio does not depend on what shared its batch.
+
+`MusicGenBase` holds what MusicGen and MusicGen-melody (`generation/melody.py`) share: loading, the seeded model
+call with per-row delay patterns, and per-job decoding. `MusicGenBackend` adds text batches and continuation.
 """
 
 from __future__ import annotations
@@ -62,32 +65,44 @@ def tokens_for(duration_s: float) -> int:
     return math.ceil(round(duration_s * FRAME_RATE, 6)) + DELAY_STEPS
 
 
-def explain_load_error(model_id: str, error: BaseException) -> str:
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def explain_load_error(model_id: str, error: BaseException, *, kind: str = "MusicGen", setting: str = "BANDMATE_MODEL",
+                       example: str = "facebook/musicgen-small") -> str:
+    """What went wrong and what to do, for the operator. `kind`, `setting`, `example` name the model family's terms."""
     text = str(error)
     local = os.path.isdir(model_id)
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return (f"Not enough memory to load {model_id}. Choose a smaller model (BANDMATE_MODEL=facebook/musicgen-small) "
+    if is_out_of_memory(error):
+        return (f"Not enough memory to load {model_id}. Choose a smaller model ({setting}={example}) "
                 "or run on the CPU (BANDMATE_DEVICE=cpu).")
     if local:
-        return (f"The folder {model_id} does not hold a loadable MusicGen checkpoint ({type(error).__name__}: "
+        return (f"The folder {model_id} does not hold a loadable {kind} checkpoint ({type(error).__name__}: "
                 f"{text.splitlines()[0] if text else ''}). It needs config.json, the weights and the processor files "
                 "as written by save_pretrained.")
     return (f"Could not load the model {model_id!r}: it is not in the local Hugging Face cache and could not be "
             "downloaded (offline, a wrong id, or the hub refused). On a machine with internet run "
-            f"`python bot.py download {model_id}`, or set BANDMATE_MODEL to a hub id such as facebook/musicgen-small "
+            f"`python bot.py download {model_id}`, or set {setting} to a hub id such as {example} "
             f"or to a local folder. ({type(error).__name__}: {text.splitlines()[0] if text else ''})")
 
 
-class MusicGenBackend:
-    """One loaded MusicGen model. Not thread-safe: the scheduler calls it from one worker thread."""
+class MusicGenBase:
+    """A loaded MusicGen-family model and the model call its backends share. `generate` calls are serialised by a
+    lock; the scheduler makes them from one worker thread.
+
+    Subclasses say how to load (`_load_pretrained`, `_explain_load_error`) and what a batch is (`_generate_batch`).
+    """
 
     family = "musicgen"
-    supports_continuation = True
+    supports_continuation = False
     max_duration_s = MAX_CALL_SECONDS
 
     def __init__(self, model, processor, model_id: str, choice: DeviceChoice) -> None:
         self.model = model
         self.processor = processor
+        # A processor (MusicGen) or a bare tokenizer (MusicGen-melody, whose feature extractor needs torchaudio).
+        self.tokenizer = getattr(processor, "tokenizer", processor)
         self.model_id = model_id
         self.device = choice.device
         self.dtype = choice.dtype
@@ -99,29 +114,38 @@ class MusicGenBackend:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> "MusicGenBackend":
-        from transformers import AutoProcessor, MusicgenForConditionalGeneration
-
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False):
         choice = choose_device(device, dtype)
         log.info("loading %s on %s (%s)", model_id, choice.device, choice.dtype)
         try:
-            processor = AutoProcessor.from_pretrained(model_id)
-            # The default attention is SDPA wherever the sub-model supports it (EnCodec has none).
-            model = MusicgenForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32)
+            processor, model = cls._load_pretrained(model_id)
             model.to(choice.device)
+        except ModelLoadError:
+            raise
         except Exception as error:  # noqa: BLE001 - every failure becomes one message that says what to do
-            raise ModelLoadError(explain_load_error(model_id, error)) from error
+            raise ModelLoadError(cls._explain_load_error(model_id, error)) from error
         if choice.dtype != "float32":
-            # The decoder and text encoder run in half precision; EnCodec stays in fp32 for clean audio.
+            # The decoder, text encoder and conditioning projections run in half precision; EnCodec stays in fp32
+            # for clean audio.
             half = getattr(torch, choice.dtype)
             model.text_encoder.to(half)
             model.decoder.to(half)
-            if getattr(model, "enc_to_dec_proj", None) is not None:
-                model.enc_to_dec_proj.to(half)
+            for name in ("enc_to_dec_proj", "audio_enc_to_dec_proj"):
+                if getattr(model, name, None) is not None:
+                    getattr(model, name).to(half)
         model.eval()
         if compile:
             model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
         return cls(model, processor, model_id, choice)
+
+    @classmethod
+    def _load_pretrained(cls, model_id: str):
+        """(processor or tokenizer, model in fp32 on the CPU). Any exception becomes `_explain_load_error`'s text."""
+        raise NotImplementedError
+
+    @classmethod
+    def _explain_load_error(cls, model_id: str, error: BaseException) -> str:
+        return explain_load_error(model_id, error)
 
     # -- generation -------------------------------------------------------------------------------------------
 
@@ -137,18 +161,21 @@ class MusicGenBackend:
         sampling = requests[0].sampling
         if any(r.sampling != sampling for r in requests):
             raise ValueError("a batch must share sampling parameters")
-        prompts = [r for r in requests if r.audio_prompt is not None]
-        if prompts and len(prompts) != len(requests):
-            raise ValueError("text and continuation requests cannot share a batch")
+        self._check_batch(requests)
         with self._lock:
             try:
-                if prompts:
-                    return self._continue(requests, sampling, progress, should_stop)
-                return self._generate_text(requests, sampling, progress, should_stop)
+                return self._generate_batch(requests, sampling, progress, should_stop)
             except torch.OutOfMemoryError as error:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise OutOfMemory(str(error)) from error
+
+    def _check_batch(self, requests: list[GenerationRequest]) -> None:
+        """Raise ValueError for requests that cannot share one call (before the lock is taken)."""
+
+    def _generate_batch(self, requests: list[GenerationRequest], sampling: SamplingParams,
+                        progress: ProgressCallback | None, should_stop: Callable[[], bool] | None) -> list[list[Audio]]:
+        raise NotImplementedError
 
     def _rows(self, requests: list[GenerationRequest]) -> tuple[list[str], list[int], list[int]]:
         texts, seeds, new_tokens = [], [], []
@@ -158,6 +185,105 @@ class MusicGenBackend:
                 seeds.append(r.seed + i)
                 new_tokens.append(tokens_for(r.duration_s))
         return texts, seeds, new_tokens
+
+    def _run(self, texts, seeds, new_tokens, sampling: SamplingParams, *, prompt_codes, progress, should_stop,
+             extra: dict | None = None):
+        """One seeded `generate` call; each row's codes, un-delayed, (codebooks, frames). `extra`: more model inputs."""
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        rows, k = len(texts), self.num_codebooks
+        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        start_len = 1 + prompt_frames  # BOS, then the audio prompt's frames
+        total = max(new_tokens)
+        row_lengths = [start_len + n for n in new_tokens]
+        sampler = RowSampler(
+            seeds=seeds, num_codebooks=k, sampling=sampling, total_steps=total, device=torch.device(self.device),
+            progress=progress, should_stop=should_stop,
+        )
+        kwargs = dict(
+            input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device),
+            do_sample=False, guidance_scale=sampling.guidance if sampling.guidance > 1 else None,
+            max_new_tokens=total, logits_processor=[sampler], top_k=None, top_p=None, temperature=None,
+            **(extra or {}),
+        )
+        bos = torch.full((rows * k, 1), self.pad_token_id, dtype=torch.long, device=self.device)
+        first = bos
+        if prompt_codes is not None:
+            kwargs["decoder_input_ids"] = prompt_codes.reshape(rows * k, prompt_frames)
+            first = torch.cat([bos, kwargs["decoder_input_ids"]], dim=-1)
+        pattern = self._row_patterns(first, row_lengths)
+        decoder = self.model.decoder
+        # generate masks the decoder's inputs with ONE delay pattern built for the longest row. A shorter row run
+        # alone has padding at its own tail, which the codebooks still being filled see as input; give each row
+        # its own pattern so its inputs, and so its audio, are exactly those of a run alone.
+        decoder.apply_delay_pattern_mask = lambda ids, _mask: type(decoder).apply_delay_pattern_mask(ids, pattern)
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        except SamplingFinished:
+            pass
+        finally:
+            del decoder.apply_delay_pattern_mask
+        if sampler.sequences is None:
+            raise GenerationCancelled("generation ended before its last step")
+        seq = torch.where(pattern == -1, sampler.sequences, pattern).reshape(rows, k, -1)
+        frames = []
+        for row, n in enumerate(new_tokens):
+            count = prompt_frames + n - DELAY_STEPS
+            frames.append(torch.stack([seq[row, c, c + 1:c + 1 + count] for c in range(k)]))
+        return frames
+
+    def _row_patterns(self, first: torch.Tensor, row_lengths: list[int]) -> torch.Tensor:
+        """Each row's own delay pattern (its own max length), padded with the pad token to the longest row."""
+        k, longest = self.num_codebooks, max(row_lengths)
+        patterns = []
+        for row, length in enumerate(row_lengths):
+            _, own = self.model.decoder.build_delay_pattern_mask(first[row * k:(row + 1) * k], self.pad_token_id,
+                                                                  max_length=length)
+            tail = torch.full((k, longest - length), self.pad_token_id, dtype=own.dtype, device=own.device)
+            patterns.append(torch.cat([own, tail], dim=-1))
+        return torch.cat(patterns, dim=0)
+
+    def _decode_requests(self, requests, frames: list[torch.Tensor], prompt_frames: int) -> list[list[Audio]]:
+        out, row = [], 0
+        for r in requests:
+            codes = torch.stack(frames[row:row + r.variations])  # (variations, codebooks, frames)
+            row += r.variations
+            with torch.inference_mode():
+                values = self.model.audio_encoder.decode(codes[None], [None] * r.variations).audio_values
+            audio = values.float().cpu().numpy()[:, 0, :]
+            wanted = prompt_frames * self.hop + round(r.duration_s * self.sample_rate)
+            out.append([Audio(a[None, :wanted].copy(), self.sample_rate) for a in audio])
+        return out
+
+
+class MusicGenBackend(MusicGenBase):
+    """One loaded MusicGen model: text-to-music batches and continuation batches."""
+
+    family = "musicgen"
+    supports_continuation = True
+
+    @classmethod
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> "MusicGenBackend":
+        return super().load(model_id, device=device, dtype=dtype, compile=compile)
+
+    @classmethod
+    def _load_pretrained(cls, model_id: str):
+        from transformers import AutoProcessor, MusicgenForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(model_id)
+        # The default attention is SDPA wherever the sub-model supports it (EnCodec has none).
+        model = MusicgenForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32)
+        return processor, model
+
+    def _check_batch(self, requests: list[GenerationRequest]) -> None:
+        prompts = [r for r in requests if r.audio_prompt is not None]
+        if prompts and len(prompts) != len(requests):
+            raise ValueError("text and continuation requests cannot share a batch")
+
+    def _generate_batch(self, requests, sampling, progress, should_stop) -> list[list[Audio]]:
+        if requests[0].audio_prompt is not None:
+            return self._continue(requests, sampling, progress, should_stop)
+        return self._generate_text(requests, sampling, progress, should_stop)
 
     def _generate_text(self, requests, sampling, progress, should_stop) -> list[list[Audio]]:
         texts, seeds, new_tokens = self._rows(requests)
@@ -211,70 +337,3 @@ class MusicGenBackend:
             start = lead + prompt.shape[-1] - fade
             joined[start:start + fade] = head[start:start + fade] * (1 - ramp) + body[prompt.shape[-1] - fade:prompt.shape[-1]] * ramp
         return Audio(joined[None, :], self.sample_rate)
-
-    def _run(self, texts, seeds, new_tokens, sampling: SamplingParams, *, prompt_codes, progress, should_stop):
-        tokenizer = self.processor.tokenizer
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
-        rows, k = len(texts), self.num_codebooks
-        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
-        start_len = 1 + prompt_frames  # BOS, then the audio prompt's frames
-        total = max(new_tokens)
-        row_lengths = [start_len + n for n in new_tokens]
-        sampler = RowSampler(
-            seeds=seeds, num_codebooks=k, sampling=sampling, total_steps=total, device=torch.device(self.device),
-            progress=progress, should_stop=should_stop,
-        )
-        kwargs = dict(
-            input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device),
-            do_sample=False, guidance_scale=sampling.guidance if sampling.guidance > 1 else None,
-            max_new_tokens=total, logits_processor=[sampler], top_k=None, top_p=None, temperature=None,
-        )
-        bos = torch.full((rows * k, 1), self.pad_token_id, dtype=torch.long, device=self.device)
-        first = bos
-        if prompt_codes is not None:
-            kwargs["decoder_input_ids"] = prompt_codes.reshape(rows * k, prompt_frames)
-            first = torch.cat([bos, kwargs["decoder_input_ids"]], dim=-1)
-        pattern = self._row_patterns(first, row_lengths)
-        decoder = self.model.decoder
-        # generate masks the decoder's inputs with ONE delay pattern built for the longest row. A shorter row run
-        # alone has padding at its own tail, which the codebooks still being filled see as input; give each row
-        # its own pattern so its inputs, and so its audio, are exactly those of a run alone.
-        decoder.apply_delay_pattern_mask = lambda ids, _mask: type(decoder).apply_delay_pattern_mask(ids, pattern)
-        try:
-            with torch.inference_mode():
-                self.model.generate(**kwargs)
-        except SamplingFinished:
-            pass
-        finally:
-            del decoder.apply_delay_pattern_mask
-        if sampler.sequences is None:
-            raise GenerationCancelled("generation ended before its last step")
-        seq = torch.where(pattern == -1, sampler.sequences, pattern).reshape(rows, k, -1)
-        frames = []
-        for row, n in enumerate(new_tokens):
-            count = prompt_frames + n - DELAY_STEPS
-            frames.append(torch.stack([seq[row, c, c + 1:c + 1 + count] for c in range(k)]))
-        return frames
-
-    def _row_patterns(self, first: torch.Tensor, row_lengths: list[int]) -> torch.Tensor:
-        """Each row's own delay pattern (its own max length), padded with the pad token to the longest row."""
-        k, longest = self.num_codebooks, max(row_lengths)
-        patterns = []
-        for row, length in enumerate(row_lengths):
-            _, own = self.model.decoder.build_delay_pattern_mask(first[row * k:(row + 1) * k], self.pad_token_id,
-                                                                  max_length=length)
-            tail = torch.full((k, longest - length), self.pad_token_id, dtype=own.dtype, device=own.device)
-            patterns.append(torch.cat([own, tail], dim=-1))
-        return torch.cat(patterns, dim=0)
-
-    def _decode_requests(self, requests, frames: list[torch.Tensor], prompt_frames: int) -> list[list[Audio]]:
-        out, row = [], 0
-        for r in requests:
-            codes = torch.stack(frames[row:row + r.variations])  # (variations, codebooks, frames)
-            row += r.variations
-            with torch.inference_mode():
-                values = self.model.audio_encoder.decode(codes[None], [None] * r.variations).audio_values
-            audio = values.float().cpu().numpy()[:, 0, :]
-            wanted = prompt_frames * self.hop + round(r.duration_s * self.sample_rate)
-            out.append([Audio(a[None, :wanted].copy(), self.sample_rate) for a in audio])
-        return out

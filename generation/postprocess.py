@@ -27,7 +27,7 @@ import numpy as np
 import pyloudnorm
 import soundfile
 import soxr
-from mutagen.id3 import COMM, ID3, TIT2, TPE1, TSSE, TXXX, ID3NoHeaderError
+from mutagen.id3 import CHAP, COMM, CTOC, ID3, TIT2, TPE1, TSSE, TXXX, CTOCFlags, ID3NoHeaderError
 
 from generation import __version__
 from generation.types import Audio
@@ -386,6 +386,43 @@ def read_provenance(path: Path | str) -> dict[str, str]:
     return {frame.desc: "\n".join(str(t) for t in frame.text) for frame in tags.getall("TXXX")}
 
 
+# --- chapters (songs) -------------------------------------------------------------------------------------------
+# Added for /song (generation/song.py): one ID3 chapter per section, so players can show and skip between them.
+
+_NO_OFFSET = 0xFFFFFFFF  # CHAP byte offsets unused: players seek by the millisecond times
+
+
+def add_chapters(mp3_path: Path | str, sections: list[tuple[float, str]], total_s: float) -> None:
+    """Write an ID3 CHAP frame per section (start/end ms, TIT2 label) and a top-level CTOC; other tags are kept.
+
+    Each section ends where the next starts, the last at `total_s`. Chapters already there are replaced, and the
+    file is rewritten atomically like every other file we hand out.
+    """
+    path = Path(mp3_path)
+    ordered = sorted((float(start), str(label)) for start, label in sections)
+    if not ordered:
+        raise ValueError("no sections to write as chapters")
+    if ordered[0][0] < 0 or ordered[-1][0] >= total_s:
+        raise ValueError(f"sections must start within the track (0 to {total_s:.3f} s): {ordered}")
+    buffer = io.BytesIO(path.read_bytes())
+    try:
+        tags = ID3(buffer)
+    except ID3NoHeaderError:
+        tags = ID3()
+    tags.delall("CHAP")
+    tags.delall("CTOC")
+    ids = [f"chp{i}" for i in range(len(ordered))]
+    for i, (start, label) in enumerate(ordered):
+        end = ordered[i + 1][0] if i + 1 < len(ordered) else total_s
+        tags.add(CHAP(element_id=ids[i], start_time=int(round(start * 1000)), end_time=int(round(end * 1000)),
+                      start_offset=_NO_OFFSET, end_offset=_NO_OFFSET, sub_frames=[TIT2(encoding=3, text=[label])]))
+    tags.add(CTOC(element_id="toc", flags=CTOCFlags.TOP_LEVEL | CTOCFlags.ORDERED, child_element_ids=ids,
+                  sub_frames=[TIT2(encoding=3, text=["Sections"])]))
+    buffer.seek(0)
+    tags.save(buffer, v1=0, v2_version=4, padding=lambda info: 0)
+    write_atomic(path, buffer.getvalue())
+
+
 # --- the whole track ---------------------------------------------------------------------------------------------
 
 
@@ -397,10 +434,12 @@ def render_track(
     *,
     bitrate_kbps: int = 192,
     title: str | None = None,
+    sections: list[tuple[float, str]] | None = None,
 ) -> RenderedTrack:
     """Normalise and fade `audio`, then write `stem`.flac, `stem`.mp3 and `stem`.png into `out_dir`.
 
-    `title` (default: the prompt, shortened) goes into the MP3's title tag and onto the waveform.
+    `title` (default: the prompt, shortened) goes into the MP3's title tag and onto the waveform. `sections`
+    ((start_s, label), for songs) become labelled marks on the waveform and ID3 chapters in the MP3.
     """
     if not stem or stem.startswith(".") or "/" in stem or os.sep in stem:
         raise ValueError(f"bad file stem {stem!r}")
@@ -412,5 +451,8 @@ def render_track(
 
     flac = write_flac(samples, rate, out_dir / f"{stem}.flac")
     mp3 = write_mp3(samples, rate, out_dir / f"{stem}.mp3", provenance, bitrate_kbps=bitrate_kbps, title=title)
-    png = render_waveform(samples, rate, out_dir / f"{stem}.png", title=title)
-    return RenderedTrack(mp3=mp3, png=png, flac=flac, duration_s=samples.shape[-1] / rate)
+    duration_s = samples.shape[-1] / rate
+    if sections:  # songs (generation/song.py): chapters in the MP3
+        add_chapters(mp3, sections, duration_s)
+    png = render_waveform(samples, rate, out_dir / f"{stem}.png", title=title, sections=sections)
+    return RenderedTrack(mp3=mp3, png=png, flac=flac, duration_s=duration_s)

@@ -7,7 +7,7 @@ MP3, FLAC, waveform) runs in other threads while the next batch is already gener
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -19,7 +19,8 @@ from generation.backend import Backend
 from generation.continuation import continue_audio
 from generation.jobs import Job, JobKind, TrackRecord
 from generation.postprocess import Provenance, render_track
-from generation.types import Audio, GenerationRequest, ProgressCallback
+from generation.song import compose_song, sections_from_spec, song_layout
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class JobRunner:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, list[Audio]]:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
+        if jobs[0].kind is JobKind.REMIX:  # --- REMIX: each job's input audio is its melody (generation/melody.py) ---
+            return self._remix(jobs, progress, should_stop)
         backend = self.backend_for(jobs[0].model)
         if jobs[0].kind is JobKind.CONTINUE:
             if len(jobs) != 1:
@@ -71,11 +74,45 @@ class JobRunner:
             pieces = continue_audio(backend, source, job.prompt, job.duration_s, variations=job.variations,
                                     seed=job.seed, sampling=job.sampling, progress=progress, should_stop=should_stop)
             return {job.id: pieces}
+        if jobs[0].kind is JobKind.SONG:  # --- SONG: sections one after another (generation/song.py) ---
+            if len(jobs) != 1:
+                raise ValueError("song jobs run one at a time")
+            return {jobs[0].id: self._compose(backend, jobs[0], progress, should_stop)}
         requests = [
             GenerationRequest(prompt=j.prompt, duration_s=j.duration_s, variations=j.variations, seed=j.seed,
                               sampling=j.sampling)
             for j in jobs
         ]
+        results = backend.generate(requests, progress=progress, should_stop=should_stop)
+        return {j.id: audios for j, audios in zip(jobs, results)}
+
+    def _compose(self, backend: Backend, job: Job, progress: ProgressCallback | None,
+                 should_stop: Callable[[], bool] | None) -> list[Audio]:
+        """SONG: one whole song per variation (seed + i), progress over all of them."""
+        sections = sections_from_spec(job.spec)
+        songs = []
+        for i in range(job.variations):
+            def report(p: Progress, i: int = i) -> None:
+                if progress is not None:
+                    progress(replace(p, step=i * p.total + p.step, total=job.variations * p.total))
+
+            songs.append(compose_song(backend, job.prompt, sections, seed=job.seed + i, sampling=job.sampling,
+                                      progress=report, should_stop=should_stop).audio)
+        return songs
+
+    def _remix(self, jobs: list[Job], progress: ProgressCallback | None,
+               should_stop: Callable[[], bool] | None) -> dict[str, list[Audio]]:
+        """REMIX: one melody-model call; each job follows the chroma of its stored input audio (FLAC/WAV)."""
+        from generation.melody import melody_backend  # imports torch: only where a remix runs
+
+        backend = melody_backend(self.backend_for, jobs[0].model)
+        requests = []
+        for j in jobs:
+            if not j.input_audio:
+                raise ValueError("remix job without input audio")
+            melody = load_master(self.media.absolute(j.input_audio), backend.sample_rate)
+            requests.append(GenerationRequest(prompt=j.prompt, duration_s=j.duration_s, variations=j.variations,
+                                              seed=j.seed, sampling=j.sampling, melody=melody))
         results = backend.generate(requests, progress=progress, should_stop=should_stop)
         return {j.id: audios for j, audios in zip(jobs, results)}
 
@@ -89,13 +126,19 @@ class JobRunner:
                       "operation": job.operation.value, **asdict(job.sampling)}
             if job.parent_track_id:
                 params["parent_track_id"] = job.parent_track_id
+            sections = None
+            if job.kind is JobKind.SONG:  # --- SONG: lineage of every section, chapters, labelled waveform ---
+                spans = song_layout(sections_from_spec(job.spec))
+                params["sections"] = [{"name": s.name, "label": s.label, "start_s": s.start_s, "end_s": s.end_s}
+                                      for s in spans]
+                sections = [(s.start_s, s.label) for s in spans]
             provenance = Provenance(
                 track_id=track_id, prompt=job.prompt, seed=job.seed + i, model_id=job.model,
                 model_license=backend.license, params=params, software=f"bandmate {__version__}",
             )
             mp3_rel = self.media.path_for(track_id, "mp3")
             out_dir = self.media.absolute(mp3_rel).parent
-            rendered = render_track(audio, provenance, out_dir, track_id)
+            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections)
             tracks.append(TrackRecord(
                 id=track_id, job_id=job.id, variation=i, prompt=job.prompt, seed=job.seed + i, model=job.model,
                 duration_s=rendered.duration_s, params=params, mp3=mp3_rel,

@@ -36,6 +36,16 @@ def job_steps(job: Job) -> int:
     return math.ceil(job.duration_s * FRAME_RATE) + 3
 
 
+def batch_compatible(head: Job, other: Job, durations: list[float], padding_waste: float = 0.25) -> bool:
+    """May `other` join a batch led by `head` whose jobs have `durations`? Shared with the Redis workers."""
+    if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
+        return False
+    if head.kind is JobKind.CONTINUE:
+        return False
+    longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
+    return shortest >= (1.0 - padding_waste) * longest
+
+
 class QueueRefused(Exception):
     """The job was not queued; `user_message` says why, politely."""
 
@@ -200,6 +210,8 @@ class Scheduler:
             batch.stop_reason = "shutdown"
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._tasks:
+            log.info("waiting for %d deliveries to finish", len(self._tasks))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.executor.close()
@@ -317,12 +329,7 @@ class Scheduler:
         return order
 
     def _compatible(self, head: Job, other: Job, durations: list[float]) -> bool:
-        if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
-            return False
-        if head.kind is JobKind.CONTINUE:
-            return False
-        longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
-        return shortest >= (1.0 - self.config.padding_waste) * longest
+        return batch_compatible(head, other, durations, self.config.padding_waste)
 
     def _next_batch(self) -> list[Job]:
         order = self._fair_order()
