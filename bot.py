@@ -81,6 +81,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    torch_threads: int = 0  # 0: torch's default (all cores)
     max_batch: int = 4
     user_pending: int = 3
     queue_depth: int = 100
@@ -115,6 +116,7 @@ class Settings:
             device=_choice(env, "BANDMATE_DEVICE", "auto", ("auto", "cpu", "cuda")),
             dtype=_choice(env, "BANDMATE_DTYPE", "auto", ("auto", "fp32", "bf16", "fp16")),
             compile=_flag(env, "BANDMATE_COMPILE"),
+            torch_threads=_int(env, "BANDMATE_TORCH_THREADS", 0, 0, 1024),
             max_batch=_int(env, "BANDMATE_MAX_BATCH", 4, 1, 64),
             user_pending=_int(env, "BANDMATE_USER_PENDING", 3, 1, 1000),
             queue_depth=_int(env, "BANDMATE_QUEUE_DEPTH", 100, 1, 100_000),
@@ -159,7 +161,8 @@ class Engine:
         self.files = FileStore(settings.data_dir)
         self.store = SqliteJobStore(self.db)
         self.links = ConversationLinks(self.db)
-        self.models = ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile)
+        self.models = ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
+                                    threads=settings.torch_threads)
         self.runner = JobRunner(self.models, self.files)
         config = SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,
                                  max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s)

@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> None:
+    def __init__(self, *, device: str = "auto", dtype: str = "auto", compile: bool = False, threads: int = 0) -> None:
+        self.threads = threads
         self.device = device
         self.dtype = dtype
         self.compile = compile
@@ -39,6 +40,10 @@ class ModelRegistry:
         return list(self._loaded.values())
 
     def _load(self, model_id: str) -> Backend:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         from generation.musicgen import MusicGenBackend
 
         if checkpoint_model_type(model_id) == "musicgen_melody":  # --- REMIX: the melody model's own backend ---

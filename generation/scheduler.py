@@ -385,6 +385,8 @@ class Scheduler:
             await self.store.update_job(job)
         batch = _Batch(jobs=jobs, total=max(job_steps(j) for j in jobs))
         self._batches.append(batch)
+        log.info("batch of %d jobs (%d sequences, %d steps): %s", len(jobs), sum(j.rows for j in jobs), batch.total,
+                 " ".join(j.id for j in jobs))
         for job in jobs:
             self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
                                 eta_s=self.eta(job.id), message=f"batch of {len(jobs)}"))
@@ -435,6 +437,7 @@ class Scheduler:
             log.exception("batch of %d failed", len(batch.jobs))
             await self._failed(batch.jobs, error)
         else:
+            log.info("batch %s made in %.1f s", " ".join(j.id for j in batch.jobs), time.monotonic() - batch.started)
             await asyncio.gather(*(self._finish(job, results.get(job.id, [])) for job in batch.jobs))
         finally:
             self._batches.remove(batch)

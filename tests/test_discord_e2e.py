@@ -48,7 +48,7 @@ class BotProcess:
                "DISCORD_GATEWAY_URL": str(self.fake.gateway_url), "DISCORD_GUILD_IDS": str(self.fake.guild.id),
                "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(self.data), "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "BANDMATE_LOG_LEVEL": "info",
-               "BANDMATE_COOLDOWN_S": "0"}
+               "BANDMATE_COOLDOWN_S": "0", "BANDMATE_TORCH_THREADS": "1"}
         self.lines = []
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=self.data, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -72,14 +72,13 @@ class BotProcess:
             await asyncio.sleep(0.05)
         raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines[-30:]))
 
-    def stop(self) -> int:
+    async def stop(self) -> int:
+        """SIGTERM, then wait without blocking the loop: the fake Discord in this loop must keep answering."""
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self.proc = None
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(proc.wait, 60)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -94,7 +93,7 @@ async def bot(fake, tmp_path_factory):
     process.start()
     await process.wait_log(r"connected as")
     yield process
-    assert process.stop() == 0, "\n".join(process.lines[-30:])
+    assert await process.stop() == 0, "\n".join(process.lines[-30:])
     assert "Traceback" not in "\n".join(process.lines), "\n".join(process.lines)
 
 
@@ -244,7 +243,7 @@ async def test_refusals_before_acknowledging_are_ephemeral(fake, bot):
 
 
 async def test_after_a_restart_an_old_button_still_works(fake, bot):
-    assert bot.stop() == 0
+    assert await bot.stop() == 0
     bot.start()
     await bot.wait_log(r"connected as")
     assert any("not syncing" in line for line in bot.lines)  # definitions unchanged: no second sync

@@ -1,0 +1,175 @@
+"""The queue against the serial baseline that existing bots use (one `generate` per request, in arrival order).
+
+    python bench/queue.py            musicgen-small's shape, random weights (no download)
+    python bench/queue.py --quick    a smaller shape
+
+Simulated users (1, 4, 8) each submit one clip at the same moment; then a staggered case where users arrive one
+every few seconds. Both paths post-process (loudness, MP3, FLAC, waveform) and use the same dtype. Prints throughput
+(audio seconds per wall second), p50/p95 latency, and the ratio lines:
+
+    raw_batch4_vs_batch1      speed-up of plain generate on a batch of 4 over one request (what batching can give)
+    raw_batch8_vs_batch1      the same for 8
+    batched_vs_serial_4users  throughput of the queue over the serial baseline, 4 users (goal >= 0.9 x raw_batch4)
+    batched_vs_serial_8users  the same, 8 users (goal >= 0.9 x raw_batch8)
+    overhead_vs_raw_generate  the queue's wall time over generate + post-processing called directly on the same
+                              batch (goal <= 1.10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from generate import random_backend  # noqa: E402
+from generation.jobs import Job  # noqa: E402
+from generation.runner import JobRunner  # noqa: E402
+from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig  # noqa: E402
+from generation.types import GenerationRequest  # noqa: E402
+from storage.database import Database  # noqa: E402
+from storage.files import FileStore  # noqa: E402
+from storage.jobstore import SqliteJobStore  # noqa: E402
+
+PROMPTS = ["lo-fi piano, rainy night", "upbeat techno", "calm ambient pads", "jazz trio", "epic orchestral",
+           "funky bass groove", "sad violin", "synthwave drive"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.submitted: dict[str, float] = {}
+        self.delivered: dict[str, float] = {}
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    async def deliver(self, job, tracks) -> None:
+        self.delivered[job.id] = time.perf_counter()
+        if len(self.delivered) >= self.expected:
+            self.done.set()
+
+
+async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: float = 0.0) -> tuple[float, list[float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp) / "bench.db")
+        files = FileStore(tmp)
+        runner = JobRunner(lambda _id: backend, files)
+        scheduler = Scheduler(SqliteJobStore(db), LocalExecutor(runner),
+                              SchedulerConfig(max_batch=max_batch, per_user_pending=10, max_depth=1000))
+        timings = Timings()
+        timings.expected = users
+        await scheduler.add_sink("bench", timings)
+        await scheduler.start()
+        start = time.perf_counter()
+        for i in range(users):
+            if gap_s and i:
+                await asyncio.sleep(gap_s)
+            job = Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
+                      seed=i, delivery={"sink": "bench"})
+            timings.submitted[job.id] = time.perf_counter()
+            await scheduler.submit(job)
+        await timings.done.wait()
+        wall = time.perf_counter() - start
+        await scheduler.stop()
+        db.close()
+    return wall, [timings.delivered[j] - timings.submitted[j] for j in timings.submitted]
+
+
+def run_serial(backend, seconds: float, users: int, gap_s: float = 0.0) -> tuple[float, list[float]]:
+    """What hobby bots do: one generate per request, in arrival order, then post-processing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = JobRunner(lambda _id: backend, FileStore(tmp))
+        start = time.perf_counter()
+        arrivals = [start + i * gap_s for i in range(users)]
+        latencies = []
+        for i in range(users):
+            wait = arrivals[i] - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            job = Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
+                      seed=i)
+            audio = runner.generate([job])
+            runner.render(job, audio[job.id])
+            latencies.append(time.perf_counter() - arrivals[i])
+        return time.perf_counter() - start, latencies
+
+
+def raw(backend, seconds: float, rows: int) -> float:
+    start = time.perf_counter()
+    backend.generate([GenerationRequest(PROMPTS[i % len(PROMPTS)], seconds, seed=i) for i in range(rows)])
+    return time.perf_counter() - start
+
+
+def direct(backend, seconds: float, users: int) -> float:
+    """generate + post-processing called directly on the same batch the queue makes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = JobRunner(lambda _id: backend, FileStore(tmp))
+        jobs = [Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
+                    seed=i) for i in range(users)]
+        start = time.perf_counter()
+        audios = runner.generate(jobs)
+        for job in jobs:
+            runner.render(job, audios[job.id])
+        return time.perf_counter() - start
+
+
+def report(name: str, seconds: float, users: int, wall: float, latencies: list[float]) -> float:
+    throughput = users * seconds / wall
+    print(f"{name:<28} {users} users: {wall:7.2f} s wall, {throughput:5.2f} audio s/s, "
+          f"p50 {statistics.median(latencies):6.2f} s, p95 {percentile(latencies, 0.95):6.2f} s")
+    return throughput
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--stagger", type=float, default=3.0, help="seconds between arrivals in the staggered case")
+    args = parser.parse_args(argv)
+    backend = random_backend(args.quick, args.device, args.dtype)
+    print(f"model: {'quick' if args.quick else 'musicgen-small'} shape on {backend.device} {backend.dtype}; "
+          f"{args.seconds:g} s clips, guidance 3")
+    backend.generate([GenerationRequest("warm up", 0.5)])
+
+    t1, t4, t8 = raw(backend, args.seconds, 1), raw(backend, args.seconds, 4), raw(backend, args.seconds, 8)
+    r4, r8 = 4 * t1 / t4, 8 * t1 / t8
+    print(f"raw generate: batch 1 {t1:.2f} s, batch 4 {t4:.2f} s, batch 8 {t8:.2f} s")
+
+    ratios = {}
+    for users in (1, 4, 8):
+        serial_wall, serial_lat = run_serial(backend, args.seconds, users)
+        queue_wall, queue_lat = asyncio.run(run_queue(backend, args.seconds, users, max_batch=8))
+        s = report("serial baseline", args.seconds, users, serial_wall, serial_lat)
+        q = report("queue (batched)", args.seconds, users, queue_wall, queue_lat)
+        ratios[users] = q / s
+        if users == 8:
+            direct_wall = direct(backend, args.seconds, users)
+            overhead = queue_wall / direct_wall
+    stagger_serial = run_serial(backend, args.seconds, 4, gap_s=args.stagger)
+    stagger_queue = asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger))
+    s = report(f"serial, one every {args.stagger:g} s", args.seconds, 4, *stagger_serial)
+    q = report(f"queue, one every {args.stagger:g} s", args.seconds, 4, *stagger_queue)
+    print(f"staggered_batched_vs_serial_4users: {q / s:.2f}")
+    print(f"raw_batch4_vs_batch1: {r4:.2f}")
+    print(f"raw_batch8_vs_batch1: {r8:.2f}")
+    print(f"batched_vs_serial_4users: {ratios[4]:.2f}  (goal >= {0.9 * r4:.2f})")
+    print(f"batched_vs_serial_8users: {ratios[8]:.2f}  (goal >= {0.9 * r8:.2f})")
+    print(f"overhead_vs_raw_generate: {overhead:.2f}  (goal <= 1.10)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
