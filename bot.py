@@ -89,6 +89,7 @@ class Settings:
     max_duration_s: float = 30.0
     max_upload_mb: int = 25
     cooldown_s: float = 5.0
+    voting_window_s: float = 3600.0
     daily_quota: int = 200
     discord_token: str | None = field(default=None, repr=False)  # never printed
     discord_guild_ids: tuple[int, ...] = ()
@@ -124,6 +125,7 @@ class Settings:
             max_duration_s=_float(env, "BANDMATE_MAX_DURATION_S", 30.0, 1.0, 300.0),
             max_upload_mb=_int(env, "BANDMATE_MAX_UPLOAD_MB", 25, 1, 500),
             cooldown_s=_float(env, "BANDMATE_COOLDOWN_S", 5.0, 0.0, 3600.0),
+            voting_window_s=_float(env, "BANDMATE_VOTING_WINDOW_S", 3600.0, 1.0, 30 * 86_400.0),
             daily_quota=_int(env, "BANDMATE_DAILY_QUOTA", 200, 1, 1_000_000),
             discord_token=env.get("DISCORD_TOKEN", "").strip() or None,
             discord_guild_ids=tuple(guilds),
@@ -153,7 +155,8 @@ class Engine:
         from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig
         from storage.database import Database
         from storage.files import FileStore
-        from storage.jobstore import ConversationLinks, SqliteJobStore
+        from storage.jobstore import ConversationLinks, Leaderboard, SqliteJobStore
+        from storage.taste import TasteStore
 
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,8 @@ class Engine:
         self.files = FileStore(settings.data_dir)
         self.store = SqliteJobStore(self.db)
         self.links = ConversationLinks(self.db)
+        self.taste = TasteStore(self.db)
+        self.leaderboard = Leaderboard(self.db)
         self.models = ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
                                     threads=settings.torch_threads)
         self.runner = JobRunner(self.models, self.files)

@@ -1,7 +1,9 @@
 """The core in a terminal: the same commands as Discord, typed or piped, with progress bars and file paths.
 
     /compose lo-fi piano, rainy night --duration 8 --variations 2 --seed 1
-    reply TRACK make it jazzier        vote TRACK        queue        cancel [JOB]        track TRACK        help
+    reply TRACK make it jazzier        vote TRACK        like TRACK        extend TRACK SECONDS_IN_ALL
+    remix FILE new style               song "prompt" "intro 8, verse 16, chorus 16, outro 8"
+    style add|remove|list [TAG]        taste        top [week|all]        queue        cancel [JOB]        help
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import shlex
 import sys
 from typing import Any, TextIO
 
-from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester
+from pathlib import Path
+
+from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester, Upload
+from bot.fingerprint import Fingerprints
 from bot.messages import ButtonKind
 from generation.jobs import Operation
 from generation.scheduler import EventKind
@@ -84,15 +89,31 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
             outcome = await core.reply(CONSOLE_USER, track.job_id, f"#{track.variation + 1} " + " ".join(args[1:]),
                                        delivery=delivery)
             return (f"job {outcome.job.id}: " if outcome.job else "") + outcome.text
-        if command in ("vote", "like", "extend", "variations") and args:
-            if command == "vote":
-                tally = await core.vote(CONSOLE_USER, args[0])
-                return "votes: " + ", ".join(f"{t} {n}" for t, n in tally.items())
-            operation = {"like": Operation.MORE_LIKE, "extend": Operation.EXTEND,
-                         "variations": Operation.VARIATION}[command]
-            seconds = float(args[1].rstrip("s")) if command == "extend" and len(args) > 1 else None
-            job = await core.from_track(CONSOLE_USER, args[0], operation, delivery=delivery, seconds=seconds)
+        if command == "vote" and args:
+            tally = await core.vote(CONSOLE_USER, args[0])
+            return "votes: " + ", ".join(f"{t} {n}" for t, n in tally.items())
+        if command == "extend" and len(args) >= 2:
+            job = await core.extend_to(CONSOLE_USER, args[0], float(args[1].rstrip("s")), delivery=delivery)
             return f"job {job.id}: {core.queued_text(job)}"
+        if command in ("like", "variations") and args:
+            operation = Operation.MORE_LIKE if command == "like" else Operation.VARIATION
+            job = await core.from_track(CONSOLE_USER, args[0], operation, delivery=delivery)
+            note = f" ({', '.join(job.spec['blended'])} blended in)" if job.spec.get("blended") else ""
+            return f"job {job.id}: {core.queued_text(job)}{note}"
+        if command == "remix" and len(args) >= 2:
+            data = Path(args[0]).expanduser().read_bytes()
+            job = await core.remix(CONSOLE_USER, Upload(Path(args[0]).name, data), " ".join(args[1:]),
+                                   delivery=delivery)
+            return f"job {job.id}: {core.queued_text(job)}"
+        if command == "song" and len(args) >= 2:
+            job = await core.song(CONSOLE_USER, args[0], " ".join(args[1:]), delivery=delivery)
+            return f"job {job.id}: {core.queued_text(job)}"
+        if command == "style" and args and core.fingerprints is not None:
+            return await core.fingerprints.style(CONSOLE_USER.user_id, args[0], " ".join(args[1:]) or None)
+        if command == "taste" and core.fingerprints is not None:
+            return await core.fingerprints.describe(CONSOLE_USER.user_id)
+        if command == "top":
+            return (await core.top(None, args[0] if args else "week")).text
         if command == "queue":
             return core.queue_text(CONSOLE_USER)
         if command == "cancel":
@@ -106,6 +127,8 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
             raise EOFError
     except Refusal as refusal:
         return refusal.user_message
+    except (OSError, ValueError) as error:
+        return f"That didn't work: {error}"
     return "Unknown command. Try `/compose lo-fi piano --duration 8`, `reply TRACK continue`, `queue` or `help`."
 
 
@@ -115,8 +138,10 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
     stdout.flush()
     await engine.load_model()
     core = Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
-                    config=CoreConfig(default_model=settings.model, max_duration_s=settings.max_duration_s,
-                                      cooldown_s=0.0, max_upload_bytes=settings.max_upload_mb * 1024 * 1024))
+                    config=CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
+                                      max_duration_s=settings.max_duration_s, cooldown_s=0.0,
+                                      max_upload_bytes=settings.max_upload_mb * 1024 * 1024),
+                    fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard)
     sink = ConsoleSink(core, stdout)
     await engine.scheduler.add_sink("console", sink)
 

@@ -65,6 +65,7 @@ class ComposeOptions:
 @dataclass(frozen=True)
 class CoreConfig:
     default_model: str
+    melody_model: str | None = None
     default_duration_s: float = 10.0
     max_duration_s: float = 30.0
     max_total_s: float = 300.0
@@ -116,8 +117,10 @@ def human_seconds(seconds: float) -> str:
 
 
 class Bandmate:
-    def __init__(self, *, scheduler: Scheduler, store, links, files, config: CoreConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, scheduler: Scheduler, store, links, files, config: CoreConfig, fingerprints=None,
+                 leaderboard=None, clock: Callable[[], float] = time.time) -> None:
+        self.fingerprints = fingerprints
+        self.leaderboard = leaderboard
         self.scheduler = scheduler
         self.store = store
         self.links = links
@@ -248,6 +251,67 @@ class Bandmate:
             job.input_audio = parent.flac
         elif edit is not None:
             job.prompt = clean_prompt(apply_edit(parent.prompt, edit), self.config.max_prompt_chars)
+        elif operation is Operation.MORE_LIKE and self.fingerprints is not None:
+            blended = await self.fingerprints.blend(who.user_id, parent.prompt)
+            job.prompt = clean_prompt(blended.prompt, self.config.max_prompt_chars)
+            job.spec["blended"] = list(blended.added)
+        job = await self._submit(who, job)
+        if self.fingerprints is not None:
+            await self.fingerprints.record(who.user_id, operation.value, parent)
+        return job
+
+    async def extend_to(self, who: Requester, track_id: str, total_s: float, *, delivery: dict[str, Any],
+                        idempotency_key: str | None = None, interaction_expires_at: float | None = None) -> Job:
+        """/extend: make a track this long in all (up to 5 minutes), window by window, as one file."""
+        track = await self.track(track_id)
+        if total_s <= track.duration_s + 0.5:
+            raise Refusal(f"That track is already {human_seconds(track.duration_s)} long; ask for more than that.")
+        return await self.from_track(who, track_id, Operation.EXTEND, delivery=delivery,
+                                     seconds=total_s - track.duration_s, idempotency_key=idempotency_key,
+                                     interaction_expires_at=interaction_expires_at)
+
+    async def remix(self, who: Requester, upload: Upload, style: str, *, delivery: dict[str, Any],
+                    duration_s: float | None = None, seed: int | None = None, idempotency_key: str | None = None,
+                    interaction_expires_at: float | None = None) -> Job:
+        """Keep an upload's melody, change its style: MusicGen-melody conditioned on the upload's chroma."""
+        if not self.config.melody_model:
+            raise Refusal("Remix needs a melody model, and none is configured here (BANDMATE_MELODY_MODEL).")
+        opts = self.check_compose(ComposeOptions(prompt=style, duration_s=duration_s, seed=seed))
+        if idempotency_key:
+            existing = await self.store.job_by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        self.check_upload_meta(upload.filename, len(upload.data))
+        await self.check_quota(who)
+        job = Job(user_id=who.user_id, prompt=opts.prompt, duration_s=opts.duration_s, model=self.config.melody_model,
+                  kind=JobKind.REMIX, operation=Operation.REMIX,
+                  seed=opts.seed if opts.seed is not None else random.randrange(2**31), guild_id=who.guild_id,
+                  channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
+                  interaction_expires_at=interaction_expires_at)
+        job.input_audio = await self._store_upload(job.id, upload)
+        return await self._submit(who, job)
+
+    async def song(self, who: Requester, prompt: str, sections: str, *, delivery: dict[str, Any],
+                   seed: int | None = None, idempotency_key: str | None = None,
+                   interaction_expires_at: float | None = None) -> Job:
+        """/song: sections made one after another by continuation, a chorus that returns, one file with chapters."""
+        from generation.song import SongError, parse_sections, sections_to_spec
+
+        prompt = clean_prompt(prompt, self.config.max_prompt_chars)
+        try:
+            parsed = parse_sections(sections)
+        except SongError as error:
+            raise Refusal(str(error)) from None
+        if idempotency_key:
+            existing = await self.store.job_by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        await self.check_quota(who)
+        job = Job(user_id=who.user_id, prompt=prompt, duration_s=sum(s.seconds for s in parsed),
+                  model=self.config.default_model, kind=JobKind.SONG,
+                  seed=seed if seed is not None else random.randrange(2**31), guild_id=who.guild_id,
+                  channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
+                  interaction_expires_at=interaction_expires_at, spec={"sections": sections_to_spec(parsed)})
         return await self._submit(who, job)
 
     async def reply(self, who: Requester, job_id: str, text: str, *, delivery: dict[str, Any],
@@ -285,7 +349,9 @@ class Bandmate:
     async def vote(self, who: Requester, track_id: str) -> dict[str, int]:
         """One vote per user per job, changeable; returns the job's tally by track id."""
         track = await self.track(track_id)
-        await self.store.record_vote(track.job_id, track.id, who.user_id)
+        changed = await self.store.record_vote(track.job_id, track.id, who.user_id)
+        if changed and self.fingerprints is not None:
+            await self.fingerprints.record(who.user_id, "vote", track)
         return await self.store.vote_tally(track.job_id)
 
     async def cancel(self, who: Requester, job_id: str | None) -> str:
@@ -353,7 +419,7 @@ class Bandmate:
         return head
 
     def result_message(self, job: Job, tracks: list[TrackRecord], escape: Callable[[str], str] = str,
-                       tally: dict[str, int] | None = None) -> OutgoingMessage:
+                       tally: dict[str, int] | None = None, winner: str | None = None) -> OutgoingMessage:
         if job.state is not JobState.DONE:
             text = f"❌ **{escape(short(job.prompt, 80))}** — {job.error or job.state.value}"
             return OutgoingMessage(text=text, job_id=job.id)
@@ -368,6 +434,13 @@ class Bandmate:
         lines.append(" · ".join(d for d in details if d))
         if job.spec.get("blended"):
             lines.append("Blended in your taste: " + ", ".join(escape(t) for t in job.spec["blended"]))
+        if job.spec.get("sections"):
+            lines.append("Sections: " + ", ".join(f"{escape(str(n))} {float(sec):g}s" for n, sec in job.spec["sections"]))
+        if winner is not None:
+            number = next((i + 1 for i, t in enumerate(tracks) if t.id == winner), None)
+            votes = tally.get(winner, 0)
+            lines.append(f"🏆 Voting closed: #{number} won with {votes} vote{'s' if votes != 1 else ''}."
+                         if number and len(tracks) > 1 else f"🏆 Voting closed with {votes} vote{'s' if votes != 1 else ''}.")
         files, buttons = [], []
         many = len(tracks) > 1
         for i, track in enumerate(tracks):
@@ -376,7 +449,8 @@ class Bandmate:
                                   f"{short(job.prompt, 80)} #{n}", track_id=track.id))
             votes = tally.get(track.id, 0)
             label = (f"#{n}" if many else "Vote") + (f" · {votes}" if votes else "")
-            buttons.append(Button(ButtonKind.VOTE, track.id, label, "🗳", row=i if many else 0))
+            emoji = "🏆" if winner == track.id else "🗳"
+            buttons.append(Button(ButtonKind.VOTE, track.id, label, emoji, row=i if many else 0))
             buttons.append(Button(ButtonKind.EXTEND, track.id, f"Extend #{n}" if many else "Extend", "➕",
                                   row=i if many else 0))
             buttons.append(Button(ButtonKind.MORE_LIKE, track.id, f"Like #{n}" if many else "More like this", "❤",
@@ -386,6 +460,24 @@ class Bandmate:
             files.append(FileItem(self.files.absolute(first.png), f"bandmate-{first.id}.png", "waveform"))
         return OutgoingMessage(text="\n".join(lines), files=files, buttons=buttons, job_id=job.id,
                                thread_name=short(job.prompt, 90))
+
+    async def top(self, guild_id: str | None, period: str = "week",
+                  escape: Callable[[str], str] = str) -> OutgoingMessage:
+        """The guild's most voted tracks, with buttons to carry any of them on."""
+        since = self.clock() - 7 * 86_400 if period == "week" else 0.0
+        rows = await self.leaderboard.top_tracks(guild_id, since, 10) if self.leaderboard else []
+        if not rows:
+            return OutgoingMessage(text="No votes yet" + (" this week." if period == "week" else "."), ephemeral=True)
+        title = "🏆 **Top tracks this week**" if period == "week" else "🏆 **Top tracks of all time**"
+        lines = [title]
+        buttons = []
+        for i, (track, votes) in enumerate(rows, start=1):
+            lines.append(f"{i}. **{escape(short(track.prompt, 70))}** — {votes} vote{'s' if votes != 1 else ''} · "
+                         f"`{track.id}`")
+            if i <= 5:
+                buttons += [Button(ButtonKind.EXTEND, track.id, f"Extend #{i}", "➕", row=i - 1),
+                            Button(ButtonKind.MORE_LIKE, track.id, f"Like #{i}", "❤", row=i - 1)]
+        return OutgoingMessage(text="\n".join(lines), buttons=buttons)
 
     def model_name(self, model_id: str) -> str:
         return model_id.rstrip("/").split("/")[-1]

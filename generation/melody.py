@@ -54,14 +54,19 @@ def _chroma_filters(n_fft: int, n_chroma: int, sampling_rate: int) -> np.ndarray
     """(n_chroma, n_fft // 2 + 1), the extractor's own call (it passes n_fft as `num_frequency_bins`)."""
     from transformers.audio_utils import chroma_filter_bank
 
-    bank = chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=n_chroma, sampling_rate=sampling_rate, tuning=0)
-    return np.ascontiguousarray(bank, dtype=np.float32)
+    bank = np.ascontiguousarray(
+        chroma_filter_bank(num_frequency_bins=n_fft, num_chroma=n_chroma, sampling_rate=sampling_rate, tuning=0),
+        dtype=np.float32)
+    bank.flags.writeable = False  # cached and shared
+    return bank
 
 
 @lru_cache(maxsize=4)
 def _hann(n: int) -> np.ndarray:
     """torch.hann_window(n): the periodic Hann window torchaudio's Spectrogram uses."""
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+    window.flags.writeable = False  # cached and shared
+    return window
 
 
 def _power_chroma(mono: np.ndarray, n_fft: int, hop: int, filters: np.ndarray) -> np.ndarray:
@@ -157,6 +162,18 @@ def melody_backend(backend_for: Callable[[str], Backend], model_id: str | None) 
 # -- backend ----------------------------------------------------------------------------------------------------
 
 
+def _shifted(progress: ProgressCallback | None, offset: int, total: int, started: float) -> ProgressCallback | None:
+    """One model call's progress as part of the whole batch's: steps after `offset`, out of `total`."""
+    if progress is None:
+        return None
+
+    def report(p: Progress) -> None:
+        progress(Progress(offset + p.step, total, time.monotonic() - started))
+
+    return report
+
+
+
 class MelodyBackend(MusicGenBase):
     """One loaded MusicGen-melody model. Each request needs `melody`; it cannot continue audio."""
 
@@ -171,7 +188,8 @@ class MelodyBackend(MusicGenBase):
         self._chroma_dtype = projection.weight.dtype if projection is not None else model.decoder.dtype
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> "MelodyBackend":
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
+             compile: bool = False) -> "MelodyBackend":
         return super().load(model_id, device=device, dtype=dtype, compile=compile)
 
     @classmethod
@@ -196,11 +214,10 @@ class MelodyBackend(MusicGenBase):
 
     def melody_chroma(self, melody: Audio) -> np.ndarray:
         """The melody's one-hot chroma (its first 30 s), looped to the model's chroma length."""
+        if melody.duration_s > MAX_MELODY_S:
+            log.info("melody is %.1f s long; the remix follows its first %.0f s", melody.duration_s, MAX_MELODY_S)
         chroma = chroma_from_audio(melody.samples, melody.sample_rate, n_chroma=self.num_chroma,
                                    max_seconds=MAX_MELODY_S)
-        if chroma.shape[0] > self.chroma_length:
-            log.info("melody has %d chroma frames; the model follows the first %d", chroma.shape[0],
-                     self.chroma_length)
         return loop_chroma(chroma, self.chroma_length)
 
     def _check_batch(self, requests: list[GenerationRequest]) -> None:
@@ -219,17 +236,12 @@ class MelodyBackend(MusicGenBase):
             groups.setdefault(len(self.tokenizer(r.prompt)["input_ids"]), []).append(index)
         steps = [max(tokens_for(requests[i].duration_s) for i in group) for group in groups.values()]
         total, done, started = sum(steps), 0, time.monotonic()
-        out: list[list[Audio] | None] = [None] * len(requests)
+        out: dict[int, list[Audio]] = {}
         for group, group_steps in zip(groups.values(), steps):
-            batch = [requests[i] for i in group]
-            report = None
-            if progress is not None:
-                def report(p: Progress, offset: int = done) -> None:
-                    progress(Progress(offset + p.step, total, time.monotonic() - started))
-            for i, audios in zip(group, self._remix(batch, sampling, report, should_stop)):
-                out[i] = audios
+            report = _shifted(progress, done, total, started)
+            out.update(zip(group, self._remix([requests[i] for i in group], sampling, report, should_stop)))
             done += group_steps
-        return out  # type: ignore[return-value]
+        return [out[i] for i in range(len(requests))]
 
     def _remix(self, requests: list[GenerationRequest], sampling: SamplingParams, progress, should_stop):
         """One model call for requests whose prompts have one token count."""

@@ -263,7 +263,8 @@ class MusicGenBackend(MusicGenBase):
     supports_continuation = True
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> "MusicGenBackend":
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
+             compile: bool = False) -> "MusicGenBackend":
         return super().load(model_id, device=device, dtype=dtype, compile=compile)
 
     @classmethod

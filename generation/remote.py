@@ -7,8 +7,9 @@ bot being down (it waits in the results stream until the bot acknowledges it).
 Keys (`prefix` defaults to "bandmate"):
 
     <prefix>:jobs        stream, consumer group "workers". One entry per dispatched job:
-                         job_id, job (JSON of every Job field, sampling included), and for continuations
-                         input (the audio bytes, read from the bot's MediaStore) + input_ext.
+                         job_id, job (JSON of every Job field, sampling and spec included), and for jobs with
+                         input audio (continuation, remix) input (its bytes, read from the bot's MediaStore) +
+                         input_ext; the worker puts them in a scratch file and points job.input_audio at it.
     <prefix>:results     stream, consumer group "bot" (one consumer). Entries have type and job_id, and
                          progress: step, total, elapsed
                          result:   worker, deliveries, tracks (JSON list of TrackRecord fields) and the rendered
@@ -370,7 +371,7 @@ class RedisExecutor:
             log.info("job %s: adopting its entry %s, still in the jobs stream", job.id, _text(entry))
             return
         fields: dict[str, Any] = {"job_id": job.id, "job": job_to_json(job)}
-        if job.kind is JobKind.CONTINUE and job.input_audio:
+        if job.input_audio:  # continuation source or remix melody: workers may be on other machines
             path = self.media.absolute(job.input_audio)
             fields["input"] = await asyncio.to_thread(path.read_bytes)
             fields["input_ext"] = path.suffix.lstrip(".") or "flac"
@@ -593,7 +594,8 @@ class RedisExecutor:
 
     @staticmethod
     def _failure(fields: dict[bytes, bytes]) -> RemoteJobFailed:
-        return RemoteJobFailed(_text(fields.get(b"message")) or GENERIC_FAILURE, final=_text(fields.get(b"final")) == "1")
+        final = _text(fields.get(b"final")) == "1"
+        return RemoteJobFailed(_text(fields.get(b"message")) or GENERIC_FAILURE, final=final)
 
     def _materialize(self, fields: dict[bytes, bytes]) -> list[TrackRecord]:
         """Write the result's files into the bot's MediaStore (atomically, at the track's own paths)."""
@@ -792,28 +794,61 @@ class Worker:
     # -- taking entries -------------------------------------------------------------------------------------
 
     async def _take(self) -> None:
-        """Hold up to max_batch entries: dead workers' first (idle past claim_idle_ms), then new ones."""
+        """Hold what the next batch will run: dead workers' entries first (idle past claim_idle_ms), else the next
+        new one, plus the new ones right behind it that can join its batch. Entries that could not join are left
+        to other workers instead of waiting here behind a batch they are not part of."""
         if self._need_groups:
             await ensure_groups(self.redis, self.keys)
             self._need_groups = False
         await self._cleanup_consumers()
         room = self.max_batch - len(self._held)
-        if room <= 0:
+        if room <= 0 or self._stopping.is_set():
             return
-        raw: list[tuple[bytes, dict | None, bool]] = []
         cursor, claimed, _deleted = await self.redis.xautoclaim(
             self.keys.jobs, WORKERS_GROUP, self.name, self.claim_idle_ms, self._claim_cursor, count=room)
         self._claim_cursor = _text(cursor) or "0-0"
-        raw.extend((entry_id, fields, True) for entry_id, fields in claimed if entry_id not in self._held)
-        room -= len(raw)
-        if room > 0 and not self._stopping.is_set():
-            block = None if raw or self._held else self.block_ms
-            response = await self.redis.xreadgroup(WORKERS_GROUP, self.name, {self.keys.jobs: ">"}, count=room,
-                                                   block=block)
-            for _stream, entries in response or []:
-                raw.extend((entry_id, fields, False) for entry_id, fields in entries)
-        for entry_id, fields, was_claimed in raw:
-            await self._accept(entry_id, fields, was_claimed)
+        for entry_id, fields in claimed:
+            if entry_id not in self._held:
+                await self._accept(entry_id, fields, was_claimed=True)
+        if not self._held:
+            await self._read(1, block=self.block_ms)
+        if self._held and not self._stopping.is_set():
+            joinable = await self._joinable()
+            if joinable:
+                await self._read(joinable, block=None)
+
+    async def _read(self, count: int, *, block: int | None) -> None:
+        response = await self.redis.xreadgroup(WORKERS_GROUP, self.name, {self.keys.jobs: ">"}, count=count,
+                                               block=block)
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                await self._accept(entry_id, fields, was_claimed=False)
+
+    async def _joinable(self) -> int:
+        """How many of the next undelivered entries fit into the first batch of what is held (by peeking: if
+        another worker reads them first, the ones read instead are simply held for a later batch)."""
+        batch = plan_batches(sorted(self._held.values(), key=lambda t: _entry_order(t.entry_id)), self.max_batch)[0]
+        head = batch[0].job
+        rows, durations = sum(t.job.rows for t in batch), [t.job.duration_s for t in batch]
+        if rows >= self.max_batch:
+            return 0
+        groups = await self.redis.xinfo_groups(self.keys.jobs)
+        last = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == WORKERS_GROUP), None)
+        if last is None:
+            return 0
+        count = 0
+        for _entry_id, fields in await self.redis.xrange(self.keys.jobs, min=f"({_text(last)}", max="+",
+                                                         count=self.max_batch - rows):
+            try:
+                job = job_from_json(fields[b"job"])
+            except Exception:  # noqa: BLE001 - _accept deals with it when it is read
+                break
+            if rows + job.rows > self.max_batch or not batch_compatible(head, job, durations):
+                break
+            rows += job.rows
+            durations.append(job.duration_s)
+            count += 1
+        return count
 
     async def _accept(self, entry_id: bytes, fields: dict | None, was_claimed: bool) -> None:
         if not fields:  # deleted (cancelled or already done) while pending

@@ -391,6 +391,15 @@ class ConversationLinks:
 
         return await self.db.read(find)
 
+    async def refs_for(self, job_id: str) -> list[str]:
+        """Every transport reference (messages, threads) linked to a job."""
+
+        def find(db: sqlite_utils.Database) -> list[str]:
+            rows = db.execute("SELECT ref FROM conversation_links WHERE job_id = ? ORDER BY created", [job_id])
+            return [r[0] for r in rows.fetchall()]
+
+        return await self.db.read(find)
+
     async def jobs_since(self, user_id: str, since: float) -> int:
         """Jobs a user submitted since a time (for daily quotas); cancelled and failed ones do not count."""
 
@@ -400,3 +409,60 @@ class ConversationLinks:
                 [user_id, since]).fetchone()[0]
 
         return await self.db.read(count)
+
+
+class Leaderboard:
+    """Votes across a guild: the leaderboard, and voting windows that close with a winner."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def top_tracks(self, guild_id: str | None, since: float, limit: int = 10) -> list[tuple[TrackRecord, int]]:
+        def query(db: sqlite_utils.Database) -> list[tuple[TrackRecord, int]]:
+            rows = db.execute(
+                "SELECT t.*, count(v.user_id) AS votes FROM tracks t JOIN votes v ON v.track_id = t.id "
+                "WHERE t.deleted = 0 AND t.guild_id IS ? AND v.created >= ? "
+                "GROUP BY t.id ORDER BY votes DESC, t.created ASC LIMIT ?", [guild_id, since, limit])
+            columns = [c[0] for c in rows.description]
+            out = []
+            for row in rows.fetchall():
+                record = dict(zip(columns, row))
+                votes = record.pop("votes")
+                out.append((_row_to_track(record), votes))
+            return out
+
+        return await self.db.read(query)
+
+    async def open_window(self, job_id: str, guild_id: str | None, closes_at: float) -> None:
+        def insert(db: sqlite_utils.Database) -> None:
+            db.execute("INSERT OR IGNORE INTO voting_windows (job_id, guild_id, closes_at) VALUES (?, ?, ?)",
+                       [job_id, guild_id, closes_at])
+
+        await self.db.write(insert)
+
+    async def close_due(self, now: float) -> list[tuple[str, str | None]]:
+        """Close every window due by `now`; returns (job id, winning track id or None when nobody voted)."""
+
+        def close(db: sqlite_utils.Database) -> list[tuple[str, str | None]]:
+            due = [r[0] for r in db.execute(
+                "SELECT job_id FROM voting_windows WHERE closed = 0 AND closes_at <= ?", [now]).fetchall()]
+            results = []
+            for job_id in due:
+                row = db.execute(
+                    "SELECT track_id, count(*) AS n, min(created) AS first FROM votes WHERE job_id = ? "
+                    "GROUP BY track_id ORDER BY n DESC, first ASC LIMIT 1", [job_id]).fetchone()
+                winner = row[0] if row else None
+                db.execute("UPDATE voting_windows SET closed = 1, winner_track_id = ? WHERE job_id = ?",
+                           [winner, job_id])
+                results.append((job_id, winner))
+            return results
+
+        return await self.db.write(close)
+
+    async def winner(self, job_id: str) -> str | None:
+        def get(db: sqlite_utils.Database) -> str | None:
+            row = db.execute("SELECT winner_track_id FROM voting_windows WHERE job_id = ? AND closed = 1",
+                             [job_id]).fetchone()
+            return row[0] if row else None
+
+        return await self.db.read(get)

@@ -149,9 +149,23 @@ CREATE TABLE conversation_links (
 CREATE INDEX conversation_links_job ON conversation_links(job_id);
 """
 
+_VOTING_WINDOWS = """
+-- A result's voting window: when it closes, the track with the most votes is marked the winner.
+CREATE TABLE voting_windows (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+    guild_id TEXT,
+    closes_at REAL NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    winner_track_id TEXT
+);
+CREATE INDEX voting_windows_open ON voting_windows(closed, closes_at);
+CREATE INDEX tracks_by_guild ON tracks(guild_id, created);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _sql(_INITIAL_SCHEMA)),
     Migration(2, "job spec and conversation links", _sql(_JOB_SPEC_AND_LINKS)),
+    Migration(3, "voting windows", _sql(_VOTING_WINDOWS)),
 ]
 
 

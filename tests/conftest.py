@@ -22,6 +22,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    """The tiny models gain nothing from threads, and on 2 shared cores threads only fight each other."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     return str(TINY_MODEL)

@@ -14,8 +14,10 @@ import yarl
 from discord.ext import commands
 
 from bot.core import Bandmate, CoreConfig
+from bot.fingerprint import Fingerprints
 from bot.discord.actions import ButtonActions, InteractionJobs
 from bot.discord.buttons import TrackButton
+from bot.discord.cogs.collab import CollabCog
 from bot.discord.cogs.compose import ComposeCog
 from bot.discord.cogs.conversation import ConversationCog
 from bot.discord.delivery import DiscordDelivery, Messenger, StatusUpdater
@@ -54,7 +56,7 @@ class BandmateBot(commands.Bot):
         self.settings = settings
         self.messenger = Messenger(self)
         self.status_updates = StatusUpdater(self, core, self.messenger)
-        self.delivery = DiscordDelivery(self, core, self.messenger)
+        self.delivery = DiscordDelivery(self, core, self.messenger, voting_window=self.voting_window)
         self.jobs = InteractionJobs(core, self.status_updates)
         self.buttons = ButtonActions(core, self.jobs)
         self._unlisten = None
@@ -62,6 +64,7 @@ class BandmateBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.add_cog(ComposeCog(self, self.jobs))
         await self.add_cog(ConversationCog(self, self.core, self.status_updates))
+        await self.add_cog(CollabCog(self, self.jobs, self.messenger, voting_window=self.voting_window))
         self.add_dynamic_items(TrackButton)
         self._unlisten = self.engine.scheduler.listen(self.status_updates.on_event)
         await self.engine.scheduler.add_sink("discord", self.delivery)
@@ -71,6 +74,15 @@ class BandmateBot(commands.Bot):
         if not self.intents.message_content:
             log.warning("Running without the Message Content intent: thread replies must mention the bot "
                         "(slash commands and buttons work as usual). Enable it in the Developer Portal > Bot.")
+
+    async def voting_window(self, guild_id: str | None) -> float:
+        """Seconds a result's votes stay open (per guild through /settings; an hour by default)."""
+        settings = getattr(self.engine, "settings_store", None)
+        if settings is not None and guild_id:
+            window = (await settings.guild(guild_id)).voting_window_s
+            if window:
+                return float(window)
+        return self.settings.voting_window_s
 
     async def sync_commands(self) -> None:
         """Sync slash commands only when their definitions changed since the last sync (syncs are rate limited)."""
@@ -100,11 +112,12 @@ class BandmateBot(commands.Bot):
 
 
 def build_core(engine, settings) -> Bandmate:
-    config = CoreConfig(default_model=settings.model, max_duration_s=settings.max_duration_s,
+    config = CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
+                        max_duration_s=settings.max_duration_s,
                         max_upload_bytes=settings.max_upload_mb * 1024 * 1024, cooldown_s=settings.cooldown_s,
                         daily_quota=settings.daily_quota)
     return Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
-                    config=config)
+                    config=config, fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard)
 
 
 async def run_discord(settings, engine_factory) -> int:

@@ -75,16 +75,18 @@ class Messenger:
                     f.reset()
         return await self.channel(int(job.delivery["channel_id"])).send(content, nonce=nonce_for(job, part), **kwargs)
 
-    async def edit(self, job: Job, message_id: int, content: str) -> None:
+    async def edit(self, job: Job, message_id: int, content: str, view: discord.ui.View | None = None) -> None:
+        kwargs = {"view": view} if view is not None else {}
         if self.token_usable(job):
             try:
-                await self.webhook(job).edit_message(message_id, content=content, allowed_mentions=NO_PINGS)
+                await self.webhook(job).edit_message(message_id, content=content, allowed_mentions=NO_PINGS,
+                                                     **kwargs)
                 return
             except discord.HTTPException as error:
                 if not self._token_failed(job, error):
                     raise
         channel = self.channel(int(job.delivery["channel_id"]))
-        await channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS)
+        await channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS, **kwargs)
 
 
 @dataclass
@@ -156,10 +158,11 @@ class StatusUpdater:
 class DiscordDelivery:
     """The scheduler's delivery sink for jobs that came from Discord."""
 
-    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger) -> None:
+    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger, voting_window=None) -> None:
         self.bot = bot
         self.core = core
         self.messenger = messenger
+        self.voting_window = voting_window  # async (guild_id) -> seconds
 
     async def deliver(self, job: Job, tracks: list[TrackRecord]) -> None:
         if job.state is not JobState.DONE:
@@ -187,6 +190,9 @@ class DiscordDelivery:
             prepared.close()
         log.info("posted job %s as message %s", job.id, first.id)
         await self.core.links.link(f"discord:message:{first.id}", job.id)
+        if self.core.leaderboard is not None and self.voting_window is not None:
+            window = await self.voting_window(job.guild_id)
+            await self.core.leaderboard.open_window(job.id, job.guild_id, time.time() + window)
         await self._open_thread(job, first, message.thread_name or "bandmate")
         log.info("delivered job %s", job.id)
 

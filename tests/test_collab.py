@@ -1,0 +1,148 @@
+"""The collaborator through the transport-free core: taste blending, extend to a length, songs, voting, /top."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import soundfile as sf
+from mutagen.id3 import ID3
+
+from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester, Upload
+from bot.fingerprint import Fingerprints
+from generation.jobs import JobState, Operation
+from generation.runner import JobRunner
+from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig
+from storage.database import Database
+from storage.files import FileStore
+from storage.jobstore import ConversationLinks, Leaderboard, SqliteJobStore
+from storage.taste import TasteStore
+
+pytestmark = pytest.mark.asyncio
+ROOT = Path(__file__).resolve().parent.parent
+MELODY = ROOT / "tests" / "fixtures" / "tiny-musicgen-melody"
+
+
+class Delivered:
+    def __init__(self) -> None:
+        self.jobs: dict[str, asyncio.Event] = {}
+
+    def event(self, job_id: str) -> asyncio.Event:
+        return self.jobs.setdefault(job_id, asyncio.Event())
+
+    async def deliver(self, job, tracks) -> None:
+        self.event(job.id).set()
+
+
+@pytest_asyncio.fixture
+async def world(tmp_path, models, tiny_model_path):
+    db = Database(tmp_path / "bandmate.db")
+    files = FileStore(tmp_path)
+    store = SqliteJobStore(db)
+    scheduler = Scheduler(store, LocalExecutor(JobRunner(models, files)),
+                          SchedulerConfig(per_user_pending=20, max_batch=4))
+    sink = Delivered()
+    await scheduler.add_sink("test", sink)
+    await scheduler.start()
+    core = Bandmate(scheduler=scheduler, store=store, links=ConversationLinks(db), files=files,
+                    config=CoreConfig(default_model=tiny_model_path, melody_model=str(MELODY), cooldown_s=0.0),
+                    fingerprints=Fingerprints(TasteStore(db)), leaderboard=Leaderboard(db))
+
+    async def finished(job):
+        await asyncio.wait_for(sink.event(job.id).wait(), 120)
+        return await store.get_job(job.id), await store.tracks_for_job(job.id)
+
+    core.finished = finished
+    yield core
+    await scheduler.stop()
+    db.close()
+
+
+ALICE = Requester(user_id="alice", guild_id="g1", channel_id="c1")
+BOB = Requester(user_id="bob", guild_id="g1", channel_id="c1")
+D = {"sink": "test"}
+
+
+async def test_three_jazz_votes_blend_jazz_into_more_like_this(world):
+    for prompt in ("smooth jazz trio", "late night jazz club", "jazz saxophone solo"):
+        job, tracks = await world.finished(await world.compose(BOB, ComposeOptions(prompt, 1.0), delivery=D))
+        await world.vote(ALICE, tracks[0].id)
+    base, tracks = await world.finished(await world.compose(ALICE, ComposeOptions("piano ballad", 1.0), delivery=D))
+    more = await world.from_track(ALICE, tracks[0].id, Operation.MORE_LIKE, delivery=D)
+    assert "jazz" in more.spec["blended"] and "jazz" in more.prompt
+    done, more_tracks = await world.finished(more)
+    assert done.state is JobState.DONE and more_tracks[0].parent_track_id == tracks[0].id
+    message = world.result_message(done, more_tracks)
+    assert "Blended in your taste: jazz" in message.text
+    # bob never voted: nothing to blend for him
+    plain = await world.from_track(BOB, tracks[0].id, Operation.MORE_LIKE, delivery=D)
+    assert plain.spec.get("blended") == [] and plain.prompt == "piano ballad"
+    assert "jazz" in await world.fingerprints.describe("alice")
+
+
+async def test_more_like_this_never_contradicts_the_prompt(world):
+    await world.fingerprints.style("alice", "add", "calm")
+    _, tracks = await world.finished(await world.compose(ALICE, ComposeOptions("aggressive metal", 1.0), delivery=D))
+    more = await world.from_track(ALICE, tracks[0].id, Operation.MORE_LIKE, delivery=D)
+    assert "calm" not in more.prompt
+
+
+async def test_extend_to_sixty_seconds_gives_one_sixty_second_file(world):
+    _, tracks = await world.finished(await world.compose(ALICE, ComposeOptions("ambient drone", 2.0), delivery=D))
+    job = await world.extend_to(ALICE, tracks[0].id, 60.0, delivery=D)
+    done, longer = await world.finished(job)
+    assert done.state is JobState.DONE and len(longer) == 1
+    data, rate = sf.read(world.files.absolute(longer[0].flac))
+    assert rate == 32000 and len(data) == 60 * 32000
+    assert longer[0].operation is Operation.EXTEND and longer[0].parent_track_id == tracks[0].id
+    with pytest.raises(Refusal, match="limit is 5 min"):
+        await world.extend_to(ALICE, longer[0].id, 400.0, delivery=D)
+
+
+async def test_a_song_is_one_file_with_chapters_and_its_sections_recorded(world):
+    job = await world.song(ALICE, "synthwave drive", "intro 2, chorus 2, verse 2, chorus 2, outro 2", delivery=D)
+    done, tracks = await world.finished(job)
+    assert done.state is JobState.DONE, done.error
+    data, _ = sf.read(world.files.absolute(tracks[0].flac))
+    assert len(data) == 10 * 32000
+    chapters = ID3(world.files.absolute(tracks[0].mp3)).getall("CHAP")
+    assert len(chapters) == 5
+    assert "sections" in tracks[0].params
+    with pytest.raises(Refusal):
+        await world.song(ALICE, "x", "intro 0", delivery=D)
+
+
+async def test_remix_keeps_an_uploads_melody(world, tmp_path):
+    if not MELODY.exists():
+        pytest.skip("melody fixture not built")
+    rate = 32000
+    t = np.arange(int(2.0 * rate)) / rate
+    notes = [261.63, 329.63, 392.0, 329.63]
+    arpeggio = np.concatenate([0.4 * np.sin(2 * np.pi * f * t[: rate // 2]) for f in notes]).astype(np.float32)
+    path = tmp_path / "arpeggio.wav"
+    sf.write(path, arpeggio, rate)
+    job = await world.remix(ALICE, Upload("arpeggio.wav", path.read_bytes()), "jazz piano", delivery=D,
+                            duration_s=2.0)
+    done, tracks = await world.finished(job)
+    assert done.state is JobState.DONE, done.error
+    assert tracks[0].operation is Operation.REMIX and abs(tracks[0].duration_s - 2.0) < 1e-6
+
+
+async def test_votes_close_with_a_winner_and_feed_the_leaderboard(world):
+    job, tracks = await world.finished(
+        await world.compose(ALICE, ComposeOptions("funky bass", 1.0, variations=2), delivery=D))
+    await world.vote(ALICE, tracks[1].id)
+    await world.vote(BOB, tracks[1].id)
+    await world.vote(ALICE, tracks[0].id)  # alice changes her mind: one vote per person per job
+    assert await world.store.vote_tally(job.id) == {tracks[0].id: 1, tracks[1].id: 1}
+    await world.vote(ALICE, tracks[1].id)
+    await world.leaderboard.open_window(job.id, "g1", time.time() - 1)
+    assert await world.leaderboard.close_due(time.time()) == [(job.id, tracks[1].id)]
+    message = world.result_message(job, tracks, tally=await world.store.vote_tally(job.id), winner=tracks[1].id)
+    assert "#2 won with 2 votes" in message.text
+    top = await world.top("g1", "week")
+    assert tracks[1].id in top.text.splitlines()[1]
