@@ -5,14 +5,8 @@ Every body the bot sends is validated against Discord's OpenAPI spec by the fake
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import signal
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,64 +15,18 @@ import pytest
 import pytest_asyncio
 
 try:
+    from botprocess import BotProcess
     from fakediscord import FakeDiscord
     from openapi_validation import format_violations
 except ImportError:  # tests/ as a package
+    from tests.botprocess import BotProcess
     from tests.fakediscord import FakeDiscord
     from tests.openapi_validation import format_violations
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "fixtures" / "tiny-musicgen"
 WEBHOOK = "/webhooks/{webhook_id}/{webhook_token}"
 CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-class BotProcess:
-    """`python bot.py` in a child process, its log collected so tests can wait for lines in it."""
-
-    def __init__(self, fake: FakeDiscord, data: Path) -> None:
-        self.fake, self.data = fake, data
-        self.proc: subprocess.Popen | None = None
-        self.lines: list[str] = []
-
-    def start(self) -> None:
-        env = {**os.environ, "DISCORD_TOKEN": self.fake.token, "DISCORD_API_BASE": self.fake.api_base,
-               "DISCORD_GATEWAY_URL": str(self.fake.gateway_url), "DISCORD_GUILD_IDS": str(self.fake.guild.id),
-               "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(self.data), "HF_HUB_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1", "BANDMATE_LOG_LEVEL": "info",
-               "BANDMATE_COOLDOWN_S": "0", "BANDMATE_TORCH_THREADS": "1"}
-        self.lines = []
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=self.data, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        with open(self.data / "bot.log", "a") as log:
-            for line in proc.stdout:
-                self.lines.append(line.rstrip())
-                log.write(line)
-                log.flush()
-
-    async def wait_log(self, pattern: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if re.search(pattern, line):
-                    return line
-            if self.proc.poll() is not None:
-                raise AssertionError("bot exited:\n" + "\n".join(self.lines[-30:]))
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines[-30:]))
-
-    async def stop(self) -> int:
-        """SIGTERM, then wait without blocking the loop: the fake Discord in this loop must keep answering."""
-        if self.proc is None:
-            return 0
-        proc, self.proc = self.proc, None
-        proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(proc.wait, 60)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -1,0 +1,64 @@
+"""`python bot.py` as a child process pointed at the fake Discord, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "fixtures" / "tiny-musicgen"
+TINY_MELODY = ROOT / "tests" / "fixtures" / "tiny-musicgen-melody"
+
+
+class BotProcess:
+    """`python bot.py` in a child process, its log collected so tests can wait for lines in it."""
+
+    def __init__(self, fake, data: Path, **env: str) -> None:
+        self.fake, self.data, self.extra_env = fake, data, env
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def start(self) -> None:
+        env = {**os.environ, "DISCORD_TOKEN": self.fake.token, "DISCORD_API_BASE": self.fake.api_base,
+               "DISCORD_GATEWAY_URL": str(self.fake.gateway_url), "DISCORD_GUILD_IDS": str(self.fake.guild.id),
+               "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(self.data), "HF_HUB_OFFLINE": "1",
+               "PYTHONUNBUFFERED": "1", "BANDMATE_LOG_LEVEL": "info",
+               "BANDMATE_COOLDOWN_S": "0", "BANDMATE_TORCH_THREADS": "1", "BANDMATE_MELODY_MODEL": str(TINY_MELODY),
+               **self.extra_env}
+        self.lines = []
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=self.data, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        with open(self.data / "bot.log", "a") as log:
+            for line in proc.stdout:
+                self.lines.append(line.rstrip())
+                log.write(line)
+                log.flush()
+
+    async def wait_log(self, pattern: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if re.search(pattern, line):
+                    return line
+            if self.proc.poll() is not None:
+                raise AssertionError("bot exited:\n" + "\n".join(self.lines[-30:]))
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines[-30:]))
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait without blocking the loop: the fake Discord in this loop must keep answering."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(proc.wait, 60)
