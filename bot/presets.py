@@ -83,8 +83,10 @@ def preset_name(name: str) -> str:
 
 def preset_value(value: str) -> str:
     """A preset's text on one line (same cleaning as prompts), at most VALUE_MAX characters."""
+    # Line breaks and tabs become spaces first: clean_prompt drops control characters before it maps them.
+    spaced = re.sub(r"[\r\n\t\v\f]+", " ", value or "")
     try:
-        text = clean_prompt(value, 1_000_000)  # only the cleaning here; the length is checked below
+        text = clean_prompt(spaced, 1_000_000)  # only the cleaning here; the length is checked below
     except Refusal:  # nothing printable left
         raise Refusal("A preset needs some text, for example `/prefer set dreamy soft pads, reverb, slow`.") from None
     if len(text) > VALUE_MAX:
@@ -258,7 +260,8 @@ def _user_id(user: Requester | str) -> str:
 
 
 def _whole(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not value.is_integer()):  # also NaN and infinity
         raise Refusal(f"{what} must be a whole number.")
     return int(value)
 
@@ -487,6 +490,11 @@ class PresetService:
 
         await self._edit_list(who, guild_id, "blocklist", without)
         return f"Unblocked \u201c{entry}\u201d."
+
+    async def blocklist_entries(self, who: Requester, guild_id: str | int | None) -> list[str]:
+        """The blocked phrases, for admins only (autocomplete of `/settings blocklist remove`)."""
+        self._admin(who)
+        return [*(await self.store.guild(self._guild(guild_id))).blocklist]
 
     async def blocklist_text(self, who: Requester, guild_id: str | int | None) -> str:
         self._admin(who)

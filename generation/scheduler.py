@@ -40,7 +40,7 @@ def batch_compatible(head: Job, other: Job, durations: list[float], padding_wast
     """May `other` join a batch led by `head` whose jobs have `durations`? Shared with the Redis workers."""
     if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
         return False
-    if head.kind is JobKind.CONTINUE:
+    if head.kind in (JobKind.CONTINUE, JobKind.SONG):  # windowed, one piece per model thread
         return False
     longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
     return shortest >= (1.0 - padding_waste) * longest
@@ -471,16 +471,23 @@ class Scheduler:
             await self._start_batch(part)
 
     async def _failed(self, jobs: list[Job], error: Exception) -> None:
+        """Retry a failed batch once more, unless the error says retrying cannot help (`final`).
+
+        Errors may carry `user_message` (shown as is) and `final` (a dead-lettered job, a model that cannot load,
+        a request the model cannot do); the scheduler reads them duck-typed, whatever executor raised them.
+        """
+        final = bool(getattr(error, "final", False))
+        message = getattr(error, "user_message", None)
         for job in jobs:
             if job.id in self._cancelled:
                 await self._mark_cancelled(job)
-            elif job.attempts < self.config.max_attempts and not self._closing:
+            elif not final and job.attempts < self.config.max_attempts and not self._closing:
                 job.state = JobState.QUEUED
                 await self.store.update_job(job)
                 self._enqueue(job)
             else:
-                await self._mark_failed(job, "Something went wrong while making this piece; it was not finished. "
-                                             "Please try again.")
+                await self._mark_failed(job, message or "Something went wrong while making this piece; it was not "
+                                                        "finished. Please try again.")
 
     async def _finish(self, job: Job, tracks: list[TrackRecord]) -> None:
         if job.id in self._cancelled:

@@ -49,6 +49,15 @@ class GenerationRequest:
     audio_prompt: Audio | None = None
     # Melody conditioning (MusicGen-melody): audio whose chroma the output follows.
     melody: Audio | None = None
+    # --- Diffusion models (Stable Audio, generation/stable_audio.py); MusicGen ignores these. ---
+    # Denoising steps; None: the backend's default.
+    steps: int | None = None
+    # What the output should not sound like (classifier-free guidance's unconditional side).
+    negative_prompt: str | None = None
+    # Audio-to-audio variation: the track to vary, and how far from it to go (0 stays close, 1 ignores it;
+    # None: the backend's default).
+    init_audio: Audio | None = None
+    strength: float | None = None
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,52 @@ async def test_refusals_before_acknowledging_are_ephemeral(fake, bot):
     assert "mp3, wav, flac" in callback.json["data"]["content"]
 
 
+async def test_doctor_checks_token_intents_and_permissions_without_printing_the_token(fake, bot):
+    import asyncio
+    import os
+    import sys
+
+    env = {**os.environ, "DISCORD_TOKEN": fake.token, "DISCORD_API_BASE": fake.api_base,
+           "DISCORD_GATEWAY_URL": str(fake.gateway_url), "BANDMATE_MODEL": str(bot.data), "BANDMATE_DATA": str(bot.data)}
+    root = Path(__file__).resolve().parent.parent
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, str(root / "bot.py"), "doctor"], env=env,
+                                   capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert "valid: logged in as Bandmate" in out
+    assert "Message Content intent enabled" in out
+    assert "all needed permissions" in out
+    assert "permissions=309237745664" in out
+    assert fake.token not in out
+
+
+async def test_results_are_fitted_to_the_interactions_upload_limit(fake, bot, tmp_path):
+    limit = 400_000
+    interaction = await fake.slash("compose", {"prompt": "orchestral strings", "duration": 8.0, "variations": 4},
+                                   attachment_size_limit=limit)
+    await fake.wait_for_callback(interaction, timeout=5)
+    await fake.wait_until(lambda: sum(len(mp3s(m)) for m in fake.messages_in(fake.text_channel)
+                                      if "orchestral strings" in m.content or "part" in m.content) >= 4,
+                          timeout=120, what="four MP3s")
+    posted = [m for m in fake.messages_in(fake.text_channel) if mp3s(m)
+              and ("orchestral strings" in m.content or "(continued" in m.content)]
+    for message in posted:
+        assert sum(len(a.data) for a in message.attachments) <= limit
+    files = [a for m in posted for a in mp3s(m)]
+    assert len(files) == 4
+    for f in files:
+        assert len(f.data) < 8 * 192_000 / 8  # re-encoded below 192 kbps to fit
+        assert abs(mp3_seconds(f.data, tmp_path) - 8.0) <= 1152 / 32000
+
+
+async def test_a_reply_to_the_result_message_continues_it(fake, bot, tmp_path):
+    result = RESULTS["first"]
+    await fake.post(fake.text_channel, "#2 continue 2s", user=fake.user, reference=result)
+    longer = await fake.wait_for_message(fake.text_channel, lambda m: bool(mp3s(m)) and "continued" in m.content
+                                         and m.id not in SEEN, timeout=90)
+    SEEN.add(longer.id)
+    assert abs(mp3_seconds(mp3s(longer)[0].data, tmp_path) - 4.0) <= 1152 / 32000
+
+
 async def test_after_a_restart_an_old_button_still_works(fake, bot):
     assert await bot.stop() == 0
     bot.start()

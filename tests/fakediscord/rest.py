@@ -141,6 +141,7 @@ class RestApi:
         r("GET", "/users/{user_id}", self.get_user)
         r("POST", "/users/@me/channels", self.create_dm)
         r("GET", "/oauth2/applications/@me", self.get_application)
+        r("GET", "/users/@me/guilds", self.get_my_guilds)
         r("GET", "/applications/@me", self.get_application)
         r("GET", "/gateway", self.get_gateway)
         r("GET", "/gateway/bot", self.get_gateway_bot)
@@ -474,6 +475,11 @@ class RestApi:
 
     async def get_application(self, call: RestCall) -> tuple[int, Any]:
         return 200, self.state.application_dict()
+
+    async def get_my_guilds(self, call: RestCall) -> tuple[int, Any]:
+        """The bot's servers with its permissions in each (guild-level: the base role grants)."""
+        return 200, [{"id": str(g.id), "name": g.name, "icon": None, "owner": False,
+                      "permissions": str(Perms.BOT), "features": []} for g in self.state.guilds.values()]
 
     async def get_gateway(self, call: RestCall) -> tuple[int, Any]:
         return 200, {"url": self.fake.gateway_url}
