@@ -78,6 +78,7 @@ class Settings:
     data_dir: Path = Path("data")
     model: str = DEFAULT_MODEL
     melody_model: str = DEFAULT_MELODY_MODEL
+    extra_models: tuple[str, ...] = ()  # other models admins may choose per server (/settings) or users per /compose
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
@@ -114,6 +115,7 @@ class Settings:
             data_dir=Path(env.get("BANDMATE_DATA", "").strip() or "data"),
             model=env.get("BANDMATE_MODEL", "").strip() or DEFAULT_MODEL,
             melody_model=env.get("BANDMATE_MELODY_MODEL", "").strip() or DEFAULT_MELODY_MODEL,
+            extra_models=tuple(m.strip() for m in env.get("BANDMATE_MODELS", "").split(",") if m.strip()),
             device=_choice(env, "BANDMATE_DEVICE", "auto", ("auto", "cpu", "cuda")),
             dtype=_choice(env, "BANDMATE_DTYPE", "auto", ("auto", "fp32", "bf16", "fp16")),
             compile=_flag(env, "BANDMATE_COMPILE"),
@@ -156,6 +158,8 @@ class Engine:
         from storage.database import Database
         from storage.files import FileStore
         from storage.jobstore import ConversationLinks, Leaderboard, SqliteJobStore
+        from storage.privacy import PrivacyStore
+        from storage.settings import SettingsStore
         from storage.taste import TasteStore
 
         self.settings = settings
@@ -165,6 +169,9 @@ class Engine:
         self.store = SqliteJobStore(self.db)
         self.links = ConversationLinks(self.db)
         self.taste = TasteStore(self.db)
+        self.settings_store = SettingsStore(self.db)
+        self.privacy_store = PrivacyStore(self.db, self.files)
+        self.selectable_models = [settings.model, *settings.extra_models]
         self.leaderboard = Leaderboard(self.db)
         self.models = ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
                                     threads=settings.torch_threads)

@@ -26,10 +26,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# This file's name would shadow the standard library's queue module (torch imports it): keep bench/ off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from generate import random_backend  # noqa: E402
+
+def _load_generate_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+random_backend = _load_generate_bench().random_backend
 from generation.jobs import Job  # noqa: E402
 from generation.runner import JobRunner  # noqa: E402
 from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig  # noqa: E402

@@ -4,6 +4,7 @@
     reply TRACK make it jazzier        vote TRACK        like TRACK        extend TRACK SECONDS_IN_ALL
     remix FILE new style               song "prompt" "intro 8, verse 16, chorus 16, outro 8"
     style add|remove|list [TAG]        taste        top [week|all]        queue        cancel [JOB]        help
+    prefer set NAME VALUE | remove NAME | list      privacy        export        forget [tracks]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester, Upload
 from bot.fingerprint import Fingerprints
+from bot.presets import PresetService
+from bot.privacy import PrivacyService
 from bot.messages import ButtonKind
 from generation.jobs import Operation
 from generation.scheduler import EventKind
@@ -49,12 +52,17 @@ class ConsoleSink:
         self.finished.set()
 
 
+OPTIONS = ("duration", "variations", "seed", "temperature", "guidance")
+
+
 def parse_compose(args: list[str]) -> ComposeOptions:
+    """The prompt and its options; any other `--name` stays in the prompt (a preset, expanded by the core)."""
     words, options = [], {}
     i = 0
     while i < len(args):
-        if args[i].startswith("--") and i + 1 < len(args):
-            options[args[i][2:].replace("-", "_")] = args[i + 1]
+        name = args[i][2:].replace("-", "_") if args[i].startswith("--") else None
+        if name in OPTIONS and i + 1 < len(args):
+            options[name] = args[i + 1]
             i += 2
         else:
             words.append(args[i])
@@ -114,6 +122,18 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
             return await core.fingerprints.describe(CONSOLE_USER.user_id)
         if command == "top":
             return (await core.top(None, args[0] if args else "week")).text
+        if command == "prefer" and args and core.presets is not None:
+            if args[0] == "set" and len(args) >= 3:
+                return await core.presets.set(CONSOLE_USER, args[1], " ".join(args[2:]))
+            if args[0] == "remove" and len(args) >= 2:
+                return await core.presets.remove(CONSOLE_USER, args[1])
+            return await core.presets.list(CONSOLE_USER)
+        if command == "privacy" and core.privacy is not None:
+            return await core.privacy.privacy_text(CONSOLE_USER.user_id)
+        if command == "export" and core.privacy is not None:
+            return (await core.privacy.export_json(CONSOLE_USER.user_id)).decode()
+        if command == "forget" and core.privacy is not None:
+            return await core.privacy.forget(CONSOLE_USER.user_id, delete_tracks=bool(args and args[0] == "tracks"))
         if command == "queue":
             return core.queue_text(CONSOLE_USER)
         if command == "cancel":
@@ -141,7 +161,10 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
                     config=CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
                                       max_duration_s=settings.max_duration_s, cooldown_s=0.0,
                                       max_upload_bytes=settings.max_upload_mb * 1024 * 1024),
-                    fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard)
+                    fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,
+                    presets=PresetService(engine.settings_store, max_duration_s=settings.max_duration_s,
+                                          models=engine.selectable_models),
+                    privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler))
     sink = ConsoleSink(core, stdout)
     await engine.scheduler.add_sink("console", sink)
 

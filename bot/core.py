@@ -87,7 +87,8 @@ class ReplyOutcome:
 def clean_prompt(text: str, limit: int) -> str:
     """Printable text on one line; control and format characters (zero-width tricks, RTL overrides) removed."""
     text = unicodedata.normalize("NFKC", text or "")
-    text = "".join(" " if ch in "\r\n\t" else ch for ch in text if unicodedata.category(ch)[0] != "C")
+    text = "".join(" " if ch in "\r\n\t" else ch for ch in text)
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
     text = re.sub(r"\s+", " ", text).strip()
     if not text:
         raise Refusal("Tell me what to make, for example: `lo-fi piano, rainy night`.")
@@ -118,7 +119,9 @@ def human_seconds(seconds: float) -> str:
 
 class Bandmate:
     def __init__(self, *, scheduler: Scheduler, store, links, files, config: CoreConfig, fingerprints=None,
-                 leaderboard=None, clock: Callable[[], float] = time.time) -> None:
+                 leaderboard=None, presets=None, privacy=None, clock: Callable[[], float] = time.time) -> None:
+        self.presets = presets
+        self.privacy = privacy
         self.fingerprints = fingerprints
         self.leaderboard = leaderboard
         self.scheduler = scheduler
@@ -172,10 +175,17 @@ class Bandmate:
 
     # -- requests -----------------------------------------------------------------------------------------
 
+    async def prepare(self, who: Requester, opts: ComposeOptions, *, parent_channel_id: str | None = None
+                      ) -> ComposeOptions:
+        """Presets (`--name`), the server's channel rules, blocklist and defaults, then the instant checks."""
+        if self.presets is not None:
+            opts = await self.presets.prepare(who, opts, parent_channel_id=parent_channel_id)
+        return self.check_compose(opts)
+
     async def compose(self, who: Requester, opts: ComposeOptions, *, delivery: dict[str, Any],
                       upload: Upload | None = None, idempotency_key: str | None = None,
                       interaction_expires_at: float | None = None) -> Job:
-        opts = self.check_compose(opts)
+        opts = await self.prepare(who, opts)
         if idempotency_key:
             existing = await self.store.job_by_key(idempotency_key)
             if existing is not None:
@@ -250,7 +260,8 @@ class Bandmate:
             job.kind, job.duration_s, job.variations = JobKind.CONTINUE, seconds, 1
             job.input_audio = parent.flac
         elif edit is not None:
-            job.prompt = clean_prompt(apply_edit(parent.prompt, edit), self.config.max_prompt_chars)
+            edited = clean_prompt(apply_edit(parent.prompt, edit), self.config.max_prompt_chars)
+            job.prompt = (await self.prepare(who, ComposeOptions(prompt=edited, duration_s=parent.duration_s))).prompt
         elif operation is Operation.MORE_LIKE and self.fingerprints is not None:
             blended = await self.fingerprints.blend(who.user_id, parent.prompt)
             job.prompt = clean_prompt(blended.prompt, self.config.max_prompt_chars)
@@ -276,7 +287,7 @@ class Bandmate:
         """Keep an upload's melody, change its style: MusicGen-melody conditioned on the upload's chroma."""
         if not self.config.melody_model:
             raise Refusal("Remix needs a melody model, and none is configured here (BANDMATE_MELODY_MODEL).")
-        opts = self.check_compose(ComposeOptions(prompt=style, duration_s=duration_s, seed=seed))
+        opts = await self.prepare(who, ComposeOptions(prompt=style, duration_s=duration_s, seed=seed))
         if idempotency_key:
             existing = await self.store.job_by_key(idempotency_key)
             if existing is not None:
@@ -297,7 +308,7 @@ class Bandmate:
         """/song: sections made one after another by continuation, a chorus that returns, one file with chapters."""
         from generation.song import SongError, parse_sections, sections_to_spec
 
-        prompt = clean_prompt(prompt, self.config.max_prompt_chars)
+        prompt = (await self.prepare(who, ComposeOptions(prompt=prompt))).prompt
         try:
             parsed = parse_sections(sections)
         except SongError as error:

@@ -58,7 +58,7 @@ class GuildRules(Protocol):
     max_variations: int
     allowed_channel_ids: Sequence[str]
     blocklist: Sequence[str]
-    voting_window_s: int
+    voting_window_s: int | None
     retention_days: int | None
     allow_model_choice: bool
 
@@ -246,7 +246,7 @@ _FIELDS: dict[str, _Field] = {
     "default_model": _Field("default model", lambda v: "bot default" if v is None else f"`{v}`"),
     "max_variations": _Field("variations per request", lambda v: f"up to {v}"),
     "allow_model_choice": _Field("members may choose the model", lambda v: "yes" if v else "no"),
-    "voting_window_s": _Field("voting window", _window),
+    "voting_window_s": _Field("voting window", lambda v: "bot default" if v is None else _window(v)),
     "retention_days": _Field("keep tracks", lambda v: "forever" if v is None else f"{v} days"),
     "allowed_channel_ids": _Field("channels", lambda v: "all" if not v else f"{len(v)} chosen"),
     "blocklist": _Field("blocked words", lambda v: "none" if not v else f"{len(v)}"),

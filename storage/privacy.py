@@ -16,11 +16,12 @@ What `forget` does, and why each step:
 - With `delete_tracks=True` their tracks are marked deleted, their files removed, and the rows kept only as
   tombstones (id, lineage, no prompt, no user); job prompts and specs are blanked.
   With `delete_tracks=False` the tracks stay playable but anonymous: `user_id` NULL, no channel.
-- Deleting means gone from the file too: the writes run with `PRAGMA secure_delete=ON` (freed bytes are zeroed),
-  then the file is `VACUUM`ed (rewritten, which also drops fragments left by earlier deletes made without
-  secure_delete, e.g. a vote that was moved) and the WAL is checkpointed with TRUNCATE, so the user id is no longer
-  in the database file or its `-wal`. VACUUM costs time proportional to the file size; forgets are rare.
-  Backups taken earlier still hold the data until they age out (the README says so).
+- Deleting means gone from the file too: the writes run with `PRAGMA secure_delete=ON` (freed bytes are zeroed; it
+  stays on for the writer connection afterwards), then the file is `VACUUM`ed (rewritten, which also drops fragments
+  left by earlier deletes made without secure_delete, e.g. a cleared `/style` choice) and the WAL is checkpointed
+  with TRUNCATE, so the user id is no longer in the database file or its `-wal`. VACUUM takes time proportional to
+  the file size and holds the writer meanwhile; forgets are rare. Backups taken earlier still hold the data until
+  they age out (the README says so).
 
 `sweep_retention` is the per-server retention limit: tracks older than it are deleted (rows marked, files removed).
 
@@ -186,10 +187,12 @@ class PrivacyStore:
         user_id = str(user_id)
 
         def read(db: sqlite_utils.Database) -> dict[str, Any]:
-            one = lambda sql, *args: db.execute(sql, list(args)).fetchone()  # noqa: E731
+            def one(sql: str, *args: Any) -> tuple[Any, ...]:
+                return db.execute(sql, list(args)).fetchone()
+
             tracks, deleted = one(
-                f"SELECT coalesce(sum(deleted = 0), 0), coalesce(sum(deleted != 0), 0) FROM tracks WHERE {_USER_TRACKS}",
-                user_id, user_id)
+                "SELECT coalesce(sum(deleted = 0), 0), coalesce(sum(deleted != 0), 0) "
+                f"FROM tracks WHERE {_USER_TRACKS}", user_id, user_id)
             prefs_row = one("SELECT prefs, created FROM users WHERE id = ?", user_id)
             prefs = _json_obj(prefs_row[0]) if prefs_row else {}
             times = one(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -40,10 +41,9 @@ class GuildSettings:
     max_variations: int = 4
     allowed_channel_ids: tuple[str, ...] = ()
     blocklist: tuple[str, ...] = ()
-    voting_window_s: int = 3600  # after a result is posted, votes in this window decide the winner
+    voting_window_s: int | None = None  # votes in this window after a result decide the winner; None: bot default
     retention_days: int | None = None  # None: keep tracks forever
     allow_model_choice: bool = False
-
 
 
 FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(GuildSettings))
@@ -71,11 +71,12 @@ def _coerce(name: str, value: Any) -> Any:
             raise TypeError("allow_model_choice must be a bool")
         return value
     if name == "default_duration_s":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise TypeError(f"{name} must be a number or None")
         return float(value)
     if name in ("max_variations", "voting_window_s", "retention_days"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (isinstance(value, float) and not value.is_integer()):  # also NaN and infinity
             raise TypeError(f"{name} must be a whole number")
         return int(value)
     if name == "default_model":
@@ -93,9 +94,12 @@ def settings_from_json(data: Mapping[str, Any]) -> GuildSettings:
             log.debug("ignoring unknown guild setting %r", name)
             continue
         try:
-            kwargs[name] = _coerce(name, value)
+            coerced = _coerce(name, value)
         except (TypeError, ValueError) as error:
             log.warning("ignoring stored guild setting %s=%r: %s", name, value, error)
+            continue
+        if coerced is not None:  # a stored null is the default
+            kwargs[name] = coerced
     return GuildSettings(**kwargs)
 
 

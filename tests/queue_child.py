@@ -37,7 +37,7 @@ class FileSink:
 async def main(data: Path, model: str, mode: str, n: int) -> None:
     db = Database(data / "bandmate.db")
     files = FileStore(data)
-    registry = ModelRegistry(device="cpu", dtype="fp32")
+    registry = ModelRegistry(device="cpu", dtype="fp32", threads=1)
     scheduler = Scheduler(SqliteJobStore(db), LocalExecutor(JobRunner(registry, files)),
                           SchedulerConfig(max_batch=1, per_user_pending=100))
     scheduler.listen(lambda e: print(f"{e.kind.value} {e.job_id} {e.step}", flush=True)

@@ -130,3 +130,43 @@ async def test_the_voting_window_closes_with_the_winner_marked(fake, bot):
     with sqlite3.connect(f"file:{bot.data / 'bandmate.db'}?mode=ro", uri=True) as db:
         assert db.execute("SELECT count(*) FROM voting_windows WHERE closed = 1 AND winner_track_id IS NOT NULL"
                           ).fetchone()[0] >= 1
+
+
+async def test_presets_expand_in_compose(fake, bot):
+    dave = await fake.add_user("dave")
+    interaction = await fake.slash("prefer", {"name": "dreamy", "value": "soft pads, reverb"}, user=dave,
+                                   subcommand="set")
+    await fake.wait_for_callback(interaction, timeout=5)
+    result = await command(fake, "compose", {"prompt": "piano --dreamy", "duration": 1.0}, user=dave)
+    assert "piano soft pads, reverb" in result.content
+
+
+async def test_forget_leaves_nothing_of_the_user(fake, bot):
+    carol = await fake.add_user("carol")
+    result = await command(fake, "compose", {"prompt": "carols jazz waltz", "duration": 1.0}, user=carol)
+    vote = next(i for i in result.custom_ids if i.startswith("bandmate:vote:"))
+    click = await fake.click(result, vote, user=carol)
+    await fake.wait_for_callback(click, timeout=5)
+    interaction = await fake.slash("forget", {"tracks": "delete"}, user=carol)
+    await fake.wait_for_callback(interaction, timeout=5)
+    confirm_msg = await fake.wait_until(
+        lambda: next((fake.message(i) for i in [interaction.original_message_id, *interaction.followup_message_ids]
+                      if i and fake.message(i).custom_ids), None), timeout=10, what="the confirmation")
+    confirm = next(i for i, label in zip(confirm_msg.custom_ids, [
+        c.get("label") for row in confirm_msg.components for c in row.get("components", [])]) if "Confirm" in label)
+    click = await fake.click(confirm_msg, confirm, user=carol)
+    await fake.wait_for_callback(click, timeout=5)
+    user_id = str(carol.id)
+
+    def traces() -> list[str]:
+        found = []
+        with sqlite3.connect(f"file:{bot.data / 'bandmate.db'}?mode=ro", uri=True) as db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for row in db.execute(f"SELECT * FROM {table}").fetchall():
+                    if any(user_id in str(v) or "carols jazz" in str(v) for v in row if v is not None):
+                        found.append(table)
+        return found
+
+    await fake.wait_until(lambda: not traces(), timeout=20, what="the user forgotten")
+    track_id = mp3s(result)[0].filename.removeprefix("bandmate-").removesuffix(".mp3")
+    assert not list(bot.data.glob(f"audio/*/{track_id}.*"))

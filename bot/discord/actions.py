@@ -6,6 +6,7 @@ the interaction is deferred at once (Discord allows 3 s); the deferred message b
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Awaitable, Callable
@@ -25,6 +26,7 @@ INTERACTION_TTL_S = 15 * 60
 NEEDED = ("send_messages", "attach_files", "read_message_history")
 
 MakeJob = Callable[[dict, str, float], Awaitable[Job]]
+Precheck = Callable[[], "None | Awaitable[None]"]
 
 
 def requester(interaction: discord.Interaction) -> Requester:
@@ -56,7 +58,7 @@ class InteractionJobs:
             await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_PINGS)
 
     async def start(self, interaction: discord.Interaction, make_job: MakeJob,
-                    precheck: Callable[[], None] | None = None) -> Job | None:
+                    precheck: Precheck | None = None) -> Job | None:
         who = requester(interaction)
         try:
             missing = missing_permissions(interaction)
@@ -64,7 +66,9 @@ class InteractionJobs:
                 raise Refusal("I need these permissions in this channel to post music: " + ", ".join(missing)
                               + ". Ask a server admin to grant them.")
             if precheck is not None:
-                precheck()
+                checked = precheck()
+                if inspect.isawaitable(checked):
+                    await checked
             await self.core.check_quota(who)
         except Refusal as refusal:
             await self.refuse(interaction, refusal.user_message)

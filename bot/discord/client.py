@@ -20,6 +20,10 @@ from bot.discord.buttons import TrackButton
 from bot.discord.cogs.collab import CollabCog
 from bot.discord.cogs.compose import ComposeCog
 from bot.discord.cogs.conversation import ConversationCog
+from bot.discord.cogs.privacy import PrivacyCog
+from bot.discord.cogs.settings import SettingsCog
+from bot.privacy import PrivacyService
+from bot.presets import PresetService
 from bot.discord.delivery import DiscordDelivery, Messenger, StatusUpdater
 from bot.discord.render import NO_PINGS
 
@@ -65,6 +69,10 @@ class BandmateBot(commands.Bot):
         await self.add_cog(ComposeCog(self, self.jobs))
         await self.add_cog(ConversationCog(self, self.core, self.status_updates))
         await self.add_cog(CollabCog(self, self.jobs, self.messenger, voting_window=self.voting_window))
+        if self.core.presets is not None:
+            await self.add_cog(SettingsCog(self, self.core.presets))
+        if self.core.privacy is not None:
+            await self.add_cog(PrivacyCog(self, self.core.privacy))
         self.add_dynamic_items(TrackButton)
         self._unlisten = self.engine.scheduler.listen(self.status_updates.on_event)
         await self.engine.scheduler.add_sink("discord", self.delivery)
@@ -116,8 +124,11 @@ def build_core(engine, settings) -> Bandmate:
                         max_duration_s=settings.max_duration_s,
                         max_upload_bytes=settings.max_upload_mb * 1024 * 1024, cooldown_s=settings.cooldown_s,
                         daily_quota=settings.daily_quota)
+    presets = PresetService(engine.settings_store, max_duration_s=config.max_duration_s,
+                            max_prompt_chars=config.max_prompt_chars, models=engine.selectable_models)
     return Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
-                    config=config, fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard)
+                    config=config, fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,
+                    presets=presets, privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler))
 
 
 async def run_discord(settings, engine_factory) -> int:

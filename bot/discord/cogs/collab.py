@@ -33,9 +33,28 @@ class CollabCog(commands.Cog):
         default = float(getattr(self.bot.settings, "voting_window_s", DEFAULT_VOTING_WINDOW_S))
         self.close_windows.change_interval(seconds=max(0.5, min(15.0, default / 4)))
         self.close_windows.start()
+        self.sweep_retention.start()
 
     async def cog_unload(self) -> None:
         self.close_windows.cancel()
+        self.sweep_retention.cancel()
+
+    @tasks.loop(minutes=30)
+    async def sweep_retention(self) -> None:
+        """Delete tracks older than each server's retention period (set by its admins with /settings)."""
+        presets, privacy = self.core.presets, self.core.privacy
+        if presets is None or privacy is None:
+            return
+        for guild in list(self.bot.guilds):
+            rules = await presets.store.guild(str(guild.id))
+            if rules.retention_days:
+                removed = await privacy.store.sweep_retention(str(guild.id), rules.retention_days * 86_400)
+                if removed:
+                    log.info("retention: removed %d tracks of server %s", removed, guild.id)
+
+    @sweep_retention.before_loop
+    async def _wait_ready_sweep(self) -> None:
+        await self.bot.wait_until_ready()
 
     style = app_commands.Group(name="style", description="Your musical fingerprint: styles to lean towards")
 

@@ -42,8 +42,9 @@ class ComposeCog(commands.Cog):
         opts = ComposeOptions(prompt=prompt, duration_s=duration, variations=variations, seed=seed,
                               temperature=temperature, guidance=guidance)
 
-        def precheck() -> None:
-            self.core.check_compose(opts)
+        async def precheck() -> None:
+            parent = getattr(interaction.channel, "parent_id", None)
+            await self.core.prepare(requester(interaction), opts, parent_channel_id=str(parent) if parent else None)
             if audio is not None:
                 self.core.check_upload_meta(audio.filename, audio.size)
                 if audio.size > interaction.filesize_limit * 4:
