@@ -188,11 +188,6 @@ class MelodyBackend(MusicGenBase):
         self._chroma_dtype = projection.weight.dtype if projection is not None else model.decoder.dtype
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
-             compile: bool = False) -> "MelodyBackend":
-        return super().load(model_id, device=device, dtype=dtype, compile=compile)
-
-    @classmethod
     def _load_pretrained(cls, model_id: str):
         from transformers import AutoConfig, AutoTokenizer, MusicgenMelodyForConditionalGeneration
 

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Self
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class MusicGenBase:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False):
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", compile: bool = False) -> Self:
         choice = choose_device(device, dtype)
         log.info("loading %s on %s (%s)", model_id, choice.device, choice.dtype)
         try:
@@ -261,11 +261,6 @@ class MusicGenBackend(MusicGenBase):
 
     family = "musicgen"
     supports_continuation = True
-
-    @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto",
-             compile: bool = False) -> "MusicGenBackend":
-        return super().load(model_id, device=device, dtype=dtype, compile=compile)
 
     @classmethod
     def _load_pretrained(cls, model_id: str):

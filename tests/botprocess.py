@@ -1,4 +1,7 @@
-"""`python bot.py` as a child process pointed at the fake Discord, for the end-to-end tests."""
+"""`python bot.py` as a child process pointed at the fake Discord, and the fixtures the end-to-end tests share.
+
+Test modules import `fake` and `no_spec_violations` from here and build their bot with `start_bot`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+try:
+    from fakediscord import FakeDiscord
+    from openapi_validation import format_violations
+except ImportError:  # tests/ as a package
+    from tests.fakediscord import FakeDiscord
+    from tests.openapi_validation import format_violations
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tiny-musicgen"
@@ -62,3 +75,28 @@ class BotProcess:
         proc, self.proc = self.proc, None
         proc.send_signal(signal.SIGTERM)
         return await asyncio.to_thread(proc.wait, 60)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def fake():
+    async with FakeDiscord() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def no_spec_violations(fake):
+    """Fail the test if the bot sent any body that Discord's OpenAPI spec rejects."""
+    yield
+    violations = fake.take_violations()
+    if violations:
+        pytest.fail(format_violations(violations), pytrace=False)
+
+
+async def running_bot(fake, data: Path, **env: str):
+    """Start the bot, wait until it is connected, and at the end check it stopped cleanly with no traceback."""
+    process = BotProcess(fake, data, **env)
+    process.start()
+    await process.wait_log(r"connected as")
+    yield process
+    assert await process.stop() == 0, "\n".join(process.lines[-30:])
+    assert "Traceback" not in "\n".join(process.lines), "\n".join(process.lines)

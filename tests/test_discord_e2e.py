@@ -15,13 +15,9 @@ import pytest
 import pytest_asyncio
 
 try:
-    from botprocess import BotProcess
-    from fakediscord import FakeDiscord
-    from openapi_validation import format_violations
+    from botprocess import fake, no_spec_violations, running_bot  # noqa: F401 - shared fixtures
 except ImportError:  # tests/ as a package
-    from tests.botprocess import BotProcess
-    from tests.fakediscord import FakeDiscord
-    from tests.openapi_validation import format_violations
+    from tests.botprocess import fake, no_spec_violations, running_bot  # noqa: F401
 
 WEBHOOK = "/webhooks/{webhook_id}/{webhook_token}"
 CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
@@ -30,27 +26,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def fake():
-    async with FakeDiscord() as server:
-        yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def bot(fake, tmp_path_factory):
-    process = BotProcess(fake, tmp_path_factory.mktemp("bot-data"))
-    process.start()
-    await process.wait_log(r"connected as")
-    yield process
-    assert await process.stop() == 0, "\n".join(process.lines[-30:])
-    assert "Traceback" not in "\n".join(process.lines), "\n".join(process.lines)
-
-
-@pytest.fixture(autouse=True)
-def no_spec_violations(fake):
-    yield
-    violations = fake.take_violations()
-    if violations:
-        pytest.fail(format_violations(violations), pytrace=False)
+    async for process in running_bot(fake, tmp_path_factory.mktemp("bot-data")):
+        yield process
 
 
 def mp3s(message) -> list:

@@ -25,14 +25,6 @@ SR = 32_000
 C4, E4, G4, A4, B4, D4 = 261.63, 329.63, 392.00, 440.00, 493.88, 293.66
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is far faster on one thread, and does not crawl when other processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def registry() -> ModelRegistry:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from mutagen.id3 import ID3
 from mutagen.mp3 import MP3
-import torch
 from PIL import Image
 
 from generation.backend import GenerationCancelled
@@ -34,14 +33,6 @@ TINY_MELODY = str(Path(__file__).resolve().parent / "fixtures" / "tiny-musicgen-
 FORM = "intro 2, chorus 3, verse 2, chorus 3, outro 2"
 STITCH = 1280  # the backend crossfades the last 40 ms of what it continues
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run faster on one thread, and do not crawl when other processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- parsing -------------------------------------------------------------------------------------------------------

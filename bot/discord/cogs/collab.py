@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 import time
@@ -67,21 +66,22 @@ class CollabCog(commands.Cog):
     @app_commands.autocomplete(tag=_tag_autocomplete)
     async def style_add(self, interaction: discord.Interaction, tag: str) -> None:
         """Lean your music towards a style."""
-        text = await self.core.fingerprints.style(str(interaction.user.id), "add", tag)
-        await interaction.response.send_message(escape(text), ephemeral=True, allowed_mentions=NO_PINGS)
+        await self._style(interaction, "add", tag)
 
     @style.command(name="remove")
     @app_commands.describe(tag="A style never to blend in")
     @app_commands.autocomplete(tag=_tag_autocomplete)
     async def style_remove(self, interaction: discord.Interaction, tag: str) -> None:
         """Never blend a style into your music."""
-        text = await self.core.fingerprints.style(str(interaction.user.id), "remove", tag)
-        await interaction.response.send_message(escape(text), ephemeral=True, allowed_mentions=NO_PINGS)
+        await self._style(interaction, "remove", tag)
 
     @style.command(name="list")
     async def style_list(self, interaction: discord.Interaction) -> None:
         """The styles you set."""
-        text = await self.core.fingerprints.style(str(interaction.user.id), "list")
+        await self._style(interaction, "list")
+
+    async def _style(self, interaction: discord.Interaction, action: str, tag: str | None = None) -> None:
+        text = await self.core.fingerprints.style(str(interaction.user.id), action, tag)
         await interaction.response.send_message(escape(text), ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="taste")
