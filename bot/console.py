@@ -159,6 +159,7 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
     await engine.load_model()
     core = Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
                     config=CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
+                                      models=tuple(settings.extra_models),
                                       max_duration_s=settings.max_duration_s, cooldown_s=0.0,
                                       max_upload_bytes=settings.max_upload_mb * 1024 * 1024),
                     fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,

@@ -66,6 +66,7 @@ class ComposeOptions:
 class CoreConfig:
     default_model: str
     melody_model: str | None = None
+    models: tuple[str, ...] = ()  # what may be chosen besides the default (BANDMATE_MODELS)
     default_duration_s: float = 10.0
     max_duration_s: float = 30.0
     max_total_s: float = 300.0
@@ -161,6 +162,10 @@ class Bandmate:
             raise Refusal("Guidance must be between 1 and 15.")
         if opts.seed is not None and not 0 <= opts.seed < 2**31:
             raise Refusal("Seed must be between 0 and 2147483647.")
+        if opts.model is not None and opts.model not in (self.config.default_model, *self.config.models):
+            # Never load a model a user names: only those the operator configured.
+            names = ", ".join(f"`{self.model_name(m)}`" for m in (self.config.default_model, *self.config.models))
+            raise Refusal(f"That model isn't offered here. Choose one of: {names}.")
         return ComposeOptions(prompt=prompt, duration_s=duration, variations=opts.variations, seed=opts.seed,
                               temperature=opts.temperature, guidance=opts.guidance, model=opts.model)
 
@@ -308,7 +313,8 @@ class Bandmate:
         """/song: sections made one after another by continuation, a chorus that returns, one file with chapters."""
         from generation.song import SongError, parse_sections, sections_to_spec
 
-        prompt = (await self.prepare(who, ComposeOptions(prompt=prompt))).prompt
+        prepared = await self.prepare(who, ComposeOptions(prompt=prompt))
+        prompt = prepared.prompt
         try:
             parsed = parse_sections(sections)
         except SongError as error:
@@ -319,7 +325,7 @@ class Bandmate:
                 return existing
         await self.check_quota(who)
         job = Job(user_id=who.user_id, prompt=prompt, duration_s=sum(s.seconds for s in parsed),
-                  model=self.config.default_model, kind=JobKind.SONG,
+                  model=prepared.model or self.config.default_model, kind=JobKind.SONG,
                   seed=seed if seed is not None else random.randrange(2**31), guild_id=who.guild_id,
                   channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
                   interaction_expires_at=interaction_expires_at, spec={"sections": sections_to_spec(parsed)})

@@ -146,3 +146,10 @@ async def test_votes_close_with_a_winner_and_feed_the_leaderboard(world):
     assert "#2 won with 2 votes" in message.text
     top = await world.top("g1", "week")
     assert tracks[1].id in top.text.splitlines()[1]
+
+
+async def test_only_configured_models_can_be_chosen(world):
+    with pytest.raises(Refusal, match="isn't offered here"):
+        await world.compose(ALICE, ComposeOptions("jazz", 1.0, model="/etc/passwd"), delivery=D)
+    job = await world.compose(ALICE, ComposeOptions("jazz", 1.0, model=world.config.default_model), delivery=D)
+    assert job.model == world.config.default_model

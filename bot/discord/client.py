@@ -121,6 +121,7 @@ class BandmateBot(commands.Bot):
 
 def build_core(engine, settings) -> Bandmate:
     config = CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
+                        models=tuple(settings.extra_models),
                         max_duration_s=settings.max_duration_s,
                         max_upload_bytes=settings.max_upload_mb * 1024 * 1024, cooldown_s=settings.cooldown_s,
                         daily_quota=settings.daily_quota)

@@ -30,6 +30,7 @@ class ComposeCog(commands.Cog):
         temperature="Higher is wilder (default 1.0)",
         guidance="How closely to follow the prompt (default 3)",
         audio="An audio file to continue (mp3, wav, flac, ogg, m4a)",
+        model="Which model makes it (where this server allows choosing)",
     )
     async def compose(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 300],
@@ -37,10 +38,11 @@ class ComposeCog(commands.Cog):
         seed: app_commands.Range[int, 0, 2147483647] | None = None,
         temperature: app_commands.Range[float, 0.05, 2.0] | None = None,
         guidance: app_commands.Range[float, 1.0, 15.0] | None = None, audio: discord.Attachment | None = None,
+        model: str | None = None,
     ) -> None:
         """Make music from a prompt, or continue an audio file."""
         opts = ComposeOptions(prompt=prompt, duration_s=duration, variations=variations, seed=seed,
-                              temperature=temperature, guidance=guidance)
+                              temperature=temperature, guidance=guidance, model=model)
 
         async def precheck() -> None:
             parent = getattr(interaction.channel, "parent_id", None)
@@ -61,6 +63,13 @@ class ComposeCog(commands.Cog):
                                            idempotency_key=key, interaction_expires_at=expires)
 
         await self.jobs.start(interaction, make, precheck)
+
+    @compose.autocomplete("model")
+    async def _model_autocomplete(self, interaction: discord.Interaction,
+                                  current: str) -> list[app_commands.Choice[str]]:
+        models = self.core.presets.models if self.core.presets is not None else (self.core.config.default_model,)
+        return [app_commands.Choice(name=self.core.model_name(m)[:100], value=m[:100]) for m in models
+                if current.lower() in m.lower()][:25]
 
     @app_commands.command(name="queue")
     async def queue(self, interaction: discord.Interaction) -> None:
