@@ -381,7 +381,11 @@ def cmd_doctor(settings: Settings, args) -> int:
         line("ffmpeg", version)
     else:
         line("ffmpeg", "missing: sudo apt-get install ffmpeg", False)
-    line("model", f"{settings.model}: {model_cache_status(settings.model)}")
+    from generation.models import model_info
+
+    for model_id in dict.fromkeys((settings.model, *settings.extra_models, settings.melody_model)):
+        info = model_info(model_id)
+        line("model", f"{model_id} ({info.family}): {model_cache_status(model_id)}; licence: {info.license}")
     line("data", f"{settings.data_dir.resolve()}")
     if settings.redis_url:
         try:
@@ -418,7 +422,10 @@ def model_cache_status(model_id: str) -> str:
     try:
         from huggingface_hub import try_to_load_from_cache
 
+        # transformers checkpoints have config.json at the top, diffusers pipelines model_index.json
         cached = try_to_load_from_cache(model_id, "config.json")
+        if not isinstance(cached, str):
+            cached = try_to_load_from_cache(model_id, "model_index.json")
     except Exception:  # noqa: BLE001
         cached = None
     if isinstance(cached, str):
@@ -427,7 +434,8 @@ def model_cache_status(model_id: str) -> str:
 
 
 def cmd_download(settings: Settings, args) -> int:
-    models = [args.model] if args.model else [settings.model]
+    models = [args.model] if args.model else list(dict.fromkeys((settings.model, *settings.extra_models,
+                                                                  settings.melody_model)))
     for model_id in models:
         if Path(model_id).is_dir():
             print(f"{model_id} is a local folder; nothing to download")

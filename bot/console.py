@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester, Upload
 from bot.fingerprint import Fingerprints
+from generation.models import model_info
 from bot.presets import PresetService
 from bot.privacy import PrivacyService
 from bot.messages import ButtonKind
@@ -165,7 +166,8 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
                     fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,
                     presets=PresetService(engine.settings_store, max_duration_s=settings.max_duration_s,
                                           models=engine.selectable_models),
-                    privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler))
+                    privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler),
+                    model_info=model_info)
     sink = ConsoleSink(core, stdout)
     await engine.scheduler.add_sink("console", sink)
 

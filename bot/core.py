@@ -120,7 +120,10 @@ def human_seconds(seconds: float) -> str:
 
 class Bandmate:
     def __init__(self, *, scheduler: Scheduler, store, links, files, config: CoreConfig, fingerprints=None,
-                 leaderboard=None, presets=None, privacy=None, clock: Callable[[], float] = time.time) -> None:
+                 leaderboard=None, presets=None, privacy=None, model_info=None,
+                 clock: Callable[[], float] = time.time) -> None:
+        # model_info(model_id) -> ModelInfo: what a model can do, known without loading it (generation.models).
+        self.model_info = model_info
         self.presets = presets
         self.privacy = privacy
         self.fingerprints = fingerprints
@@ -203,11 +206,32 @@ class Bandmate:
                   seed=opts.seed if opts.seed is not None else random.randrange(2**31), sampling=sampling,
                   guild_id=who.guild_id, channel_id=who.channel_id, delivery=delivery,
                   idempotency_key=idempotency_key, interaction_expires_at=interaction_expires_at)
+        self._family_spec(job, guidance_given=opts.guidance is not None)
         if upload is not None:
             self.check_upload_meta(upload.filename, len(upload.data))
+            self.check_continuation(job.model)
             job.kind, job.operation = JobKind.CONTINUE, Operation.CONTINUE
             job.input_audio = await self._store_upload(job.id, upload)
         return await self._submit(who, job)
+
+    def _family(self, model_id: str):
+        return self.model_info(model_id) if self.model_info is not None else None
+
+    def check_continuation(self, model_id: str) -> None:
+        """Refuse continue/extend/song on a model family that cannot continue audio (Stable Audio, melody)."""
+        info = self._family(model_id)
+        if info is not None and not info.supports_continuation:
+            raise Refusal(f"{self.model_name(model_id)} can't continue audio; ask an admin to use a MusicGen model "
+                          "for that (/settings).")
+
+    def _family_spec(self, job: Job, guidance_given: bool) -> None:
+        """Stable Audio jobs batch by steps and strength, and want more guidance than MusicGen's default."""
+        info = self._family(job.model)
+        if info is not None and info.family == "stable-audio":
+            job.spec["family"] = info.family
+            if not guidance_given:
+                job.sampling = SamplingParams(temperature=job.sampling.temperature, top_k=job.sampling.top_k,
+                                              top_p=job.sampling.top_p, guidance=info.default_guidance)
 
     async def _store_upload(self, job_id: str, upload: Upload) -> str:
         limits = UploadLimits(max_bytes=self.config.max_upload_bytes, max_duration_s=self.config.max_upload_s)
@@ -255,7 +279,12 @@ class Bandmate:
                   seed=random.randrange(2**31), sampling=sampling, parent_track_id=parent.id, guild_id=who.guild_id,
                   channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
                   interaction_expires_at=interaction_expires_at)
+        self._family_spec(job, guidance_given=True)
+        if job.spec.get("family") == "stable-audio" and operation in (Operation.VARIATION, Operation.MORE_LIKE):
+            # Variations of a Stable Audio track start from its audio (audio-to-audio) at a middle strength.
+            job.input_audio, job.spec["strength"] = parent.flac, 0.5
         if operation in (Operation.CONTINUE, Operation.EXTEND):
+            self.check_continuation(parent.model)
             seconds = seconds or 10.0
             if parent.duration_s + seconds > self.config.max_total_s + 1e-6:
                 raise Refusal(f"That would make it {human_seconds(parent.duration_s + seconds)} long; "
@@ -275,6 +304,10 @@ class Bandmate:
         if self.fingerprints is not None:
             await self.fingerprints.record(who.user_id, operation.value, parent)
         return job
+
+    async def check_extend(self, track_id: str) -> None:
+        """The instant part of extending a track: it exists and its model can continue audio."""
+        self.check_continuation((await self.track(track_id)).model)
 
     async def extend_to(self, who: Requester, track_id: str, total_s: float, *, delivery: dict[str, Any],
                         idempotency_key: str | None = None, interaction_expires_at: float | None = None) -> Job:
@@ -315,6 +348,7 @@ class Bandmate:
 
         prepared = await self.prepare(who, ComposeOptions(prompt=prompt))
         prompt = prepared.prompt
+        self.check_continuation(prepared.model or self.config.default_model)
         try:
             parsed = parse_sections(sections)
         except SongError as error:
@@ -500,4 +534,9 @@ class Bandmate:
         return model_id.rstrip("/").split("/")[-1]
 
     def help_text(self) -> str:
-        return HELP_TEXT + f"\nModel: `{self.model_name(self.config.default_model)}` (weights CC-BY-NC 4.0)."
+        lines = [HELP_TEXT, "**Models and their licences:**"]
+        for model_id in dict.fromkeys((self.config.default_model, *self.config.models)):
+            info = self._family(model_id)
+            licence = info.license if info is not None else "see the model card"
+            lines.append(f"• `{self.model_name(model_id)}` — {licence}")
+        return "\n".join(lines)

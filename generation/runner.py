@@ -16,8 +16,8 @@ import soundfile as sf
 
 from generation import __version__
 from generation.backend import Backend
-from generation.continuation import continue_audio
-from generation.jobs import Job, JobKind, TrackRecord
+from generation.continuation import ContinuationError, continue_audio
+from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track
 from generation.song import compose_song, sections_from_spec, song_layout
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
@@ -64,6 +64,10 @@ class JobRunner:
         if jobs[0].kind is JobKind.REMIX:  # --- REMIX: each job's input audio is its melody (generation/melody.py) ---
             return self._remix(jobs, progress, should_stop)
         backend = self.backend_for(jobs[0].model)
+        refusal = getattr(backend, "no_continuation_message", None)
+        if jobs[0].kind in (JobKind.CONTINUE, JobKind.SONG) and not backend.supports_continuation and refusal:
+            # --- STABLE AUDIO: a family that cannot continue audio says so, and what to do, in the user's terms ---
+            raise ContinuationError(refusal)
         if jobs[0].kind is JobKind.CONTINUE:
             if len(jobs) != 1:
                 raise ValueError("continuation jobs run one at a time")
@@ -78,13 +82,23 @@ class JobRunner:
             if len(jobs) != 1:
                 raise ValueError("song jobs run one at a time")
             return {jobs[0].id: self._compose(backend, jobs[0], progress, should_stop)}
-        requests = [
-            GenerationRequest(prompt=j.prompt, duration_s=j.duration_s, variations=j.variations, seed=j.seed,
-                              sampling=j.sampling)
-            for j in jobs
-        ]
+        requests = [self._request(j, backend) for j in jobs]
         results = backend.generate(requests, progress=progress, should_stop=should_stop)
         return {j.id: audios for j, audios in zip(jobs, results)}
+
+    def _request(self, job: Job, backend: Backend) -> GenerationRequest:
+        """A TEXT job's request. --- STABLE AUDIO: steps, negative prompt and strength come from `job.spec`; a
+        VARIATION of a stored track (`input_audio`) with a strength varies that audio (audio-to-audio). ---"""
+        spec = job.spec
+        strength = spec.get("strength")
+        init_audio = None
+        if job.operation is Operation.VARIATION and job.input_audio and strength is not None:
+            init_audio = load_master(self.media.absolute(job.input_audio), backend.sample_rate)
+        return GenerationRequest(
+            prompt=job.prompt, duration_s=job.duration_s, variations=job.variations, seed=job.seed,
+            sampling=job.sampling, steps=spec.get("steps"), negative_prompt=spec.get("negative_prompt"),
+            init_audio=init_audio, strength=None if strength is None else float(strength),
+        )
 
     def _compose(self, backend: Backend, job: Job, progress: ProgressCallback | None,
                  should_stop: Callable[[], bool] | None) -> list[Audio]:
@@ -126,6 +140,9 @@ class JobRunner:
                       "operation": job.operation.value, **asdict(job.sampling)}
             if job.parent_track_id:
                 params["parent_track_id"] = job.parent_track_id
+            for key in ("steps", "negative_prompt", "strength"):  # --- STABLE AUDIO: diffusion settings ---
+                if job.spec.get(key) is not None:
+                    params[key] = job.spec[key]
             sections = None
             if job.kind is JobKind.SONG:  # --- SONG: lineage of every section, chapters, labelled waveform ---
                 spans = song_layout(sections_from_spec(job.spec))

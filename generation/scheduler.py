@@ -32,8 +32,20 @@ log = logging.getLogger(__name__)
 FRAME_RATE = 50
 
 
+STABLE_AUDIO = "stable-audio"  # job.spec["family"] of Stable Audio jobs
+STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not imported: it pulls in torch)
+
+
 def job_steps(job: Job) -> int:
+    if job.spec.get("family") == STABLE_AUDIO:  # --- STABLE AUDIO: denoising steps, whatever the duration ---
+        return int(job.spec.get("steps") or STABLE_AUDIO_DEFAULT_STEPS)
     return math.ceil(job.duration_s * FRAME_RATE) + 3
+
+
+def _diffusion_key(job: Job) -> tuple:
+    """What must match for diffusion jobs to share a call (all None/False for MusicGen jobs, so they match)."""
+    spec = job.spec
+    return spec.get("steps"), spec.get("strength"), spec.get("negative_prompt"), job.input_audio is not None
 
 
 def batch_compatible(head: Job, other: Job, durations: list[float], padding_waste: float = 0.25) -> bool:
@@ -42,6 +54,12 @@ def batch_compatible(head: Job, other: Job, durations: list[float], padding_wast
         return False
     if head.kind in (JobKind.CONTINUE, JobKind.SONG):  # windowed, one piece per model thread
         return False
+    # --- STABLE AUDIO: same steps, strength, negative prompt and init-audio use; any durations, since every call
+    # denoises the model's whole window and crops afterwards. (Same model id implies the same family.) ---
+    if _diffusion_key(other) != _diffusion_key(head):
+        return False
+    if head.spec.get("family") == STABLE_AUDIO:
+        return True
     longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
     return shortest >= (1.0 - padding_waste) * longest
 

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 FAMILY = "stable-audio"
 LICENSE = "Stability AI Community License"
 DEFAULT_MODEL = "stabilityai/stable-audio-open-1.0"
-DEFAULT_STEPS = 100  # the model card's; quality drops noticeably below ~50
+DEFAULT_STEPS = 100  # StableAudioPipeline's own default
 DEFAULT_STRENGTH = 0.5  # init audio given without a strength
 CLOSE_SIGMA = 1.0  # sigma_max at strength 0: noise about the size of the latents
 NO_CONTINUATION = "Stable Audio can't continue audio; switch this server to MusicGen for that."
@@ -109,7 +109,7 @@ class StableAudioBackend:
         self.window_s = window_seconds(pipe)
         self.window_samples = int(pipe.transformer.config.sample_size) * int(pipe.vae.hop_length)
         limit = min(self.window_s, float(pipe.projection_model.config.max_value))
-        # Whole seconds (47 s for stable-audio-open-1.0, whose window is 47.55 s): what the model was trained on.
+        # Whole seconds: 47 s for stable-audio-open-1.0 (its window is 47.55 s), as its model card states.
         self.max_duration_s = float(math.floor(limit)) if limit >= 1.0 else limit
         self.default_steps = DEFAULT_STEPS
         # A fresh scheduler per call (its sigma_max depends on the strength); the loaded one is the template.

@@ -129,4 +129,5 @@ class ButtonActions:
                                               seconds=10.0 if operation is Operation.EXTEND else None,
                                               interaction_expires_at=expires)
 
-        await self.jobs.start(interaction, make)
+        precheck = (lambda: self.core.check_extend(track_id)) if operation is Operation.EXTEND else None
+        await self.jobs.start(interaction, make, precheck)

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.core import Bandmate, CoreConfig
 from bot.fingerprint import Fingerprints
+from generation.models import model_info
 from bot.discord.actions import ButtonActions, InteractionJobs
 from bot.discord.buttons import TrackButton
 from bot.discord.cogs.collab import CollabCog
@@ -129,7 +130,8 @@ def build_core(engine, settings) -> Bandmate:
                             max_prompt_chars=config.max_prompt_chars, models=engine.selectable_models)
     return Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
                     config=config, fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,
-                    presets=presets, privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler))
+                    presets=presets, privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler),
+                    model_info=model_info)
 
 
 async def run_discord(settings, engine_factory) -> int:

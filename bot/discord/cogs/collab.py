@@ -150,7 +150,7 @@ class CollabCog(commands.Cog):
             return await self.core.extend_to(requester(interaction), track, seconds, delivery=delivery,
                                              idempotency_key=key, interaction_expires_at=expires)
 
-        await self.jobs.start(interaction, make)
+        await self.jobs.start(interaction, make, lambda: self.core.check_extend(track))
 
     # -- voting windows -----------------------------------------------------------------------------------
 
