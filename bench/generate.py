@@ -2,9 +2,14 @@
 
     python bench/generate.py            musicgen-small's shape (587M parameters, random weights, no download)
     python bench/generate.py --quick    a smaller shape, for a fast look
+    python bench/generate.py --family stable-audio           stable-audio-open-1.0's shape (T5-base, the 1.06B
+                                                             DiT, the Oobleck autoencoder; random weights, ~1.2B)
+    python bench/generate.py --family stable-audio --quick   the tiny test fixture (tests/fixtures/tiny-stable-audio)
 
-Clips are 5 s with guidance 3. Prints the times and the ratios `variations4_vs_single` (4 variations in one batch
-against one clip) and `batched_vs_serial` (4 variations in one batch against 4 clips one after another).
+Clips are 5 s (MusicGen, guidance 3) or 5 s cropped from the model's whole window, which is always denoised
+(Stable Audio, guidance 7, --steps denoising steps; the fixture's clips are capped at its 1 s). Prints the times and
+the ratios `variations4_vs_single` (4 variations in one batch against one clip) and `batched_vs_serial`
+(4 variations in one batch against 4 clips one after another).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch  # noqa: E402
 
 from build_tiny_musicgen import build_model, build_processor, build_tokenizer, small_shape_config  # noqa: E402
 from generation.musicgen import MusicGenBackend, choose_device  # noqa: E402
-from generation.types import GenerationRequest  # noqa: E402
+from generation.types import GenerationRequest, SamplingParams  # noqa: E402
 
 
 def quick_config(vocab_size: int):
@@ -55,6 +60,31 @@ def random_backend(quick: bool, device: str, dtype: str) -> MusicGenBackend:
     return MusicGenBackend(model, build_processor(tokenizer), "random/musicgen-small-shape", choice)
 
 
+def stable_audio_backend(quick: bool, device: str, dtype: str):
+    """--family stable-audio: the tiny fixture (--quick), or stable-audio-open-1.0's shape with random weights."""
+    from generation.stable_audio import StableAudioBackend
+
+    if quick:
+        return StableAudioBackend.load(str(ROOT / "tests" / "fixtures" / "tiny-stable-audio"), device=device,
+                                       dtype=dtype)
+    from build_tiny_stable_audio import build_pipeline, real_shape_components
+
+    choice = choose_device(device, dtype)
+    pipe = build_pipeline(real_shape_components()).to(choice.device, getattr(torch, choice.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    return StableAudioBackend(pipe, "random/stable-audio-open-shape", choice)
+
+
+def parameter_count(backend) -> float:
+    """Millions of parameters in a MusicGen model or in a Stable Audio pipeline's four networks."""
+    if hasattr(backend, "pipe"):
+        p = backend.pipe
+        parts = (p.text_encoder, p.projection_model, p.transformer, p.vae)
+    else:
+        parts = (backend.model,)
+    return sum(t.numel() for part in parts for t in part.parameters()) / 1e6
+
+
 def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -66,30 +96,44 @@ def timed(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("musicgen", "stable-audio"), default="musicgen")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=100, help="denoising steps (stable-audio)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="bf16", help="fp32, bf16 (default: the faster one on these CPUs)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    backend = random_backend(args.quick, args.device, args.dtype)
-    params = sum(p.numel() for p in backend.model.parameters()) / 1e6
-    print(f"model: {'quick' if args.quick else 'musicgen-small'} shape, {params:.0f}M parameters, {backend.device} "
-          f"{backend.dtype}, built in {time.perf_counter() - t0:.1f} s; {args.seconds:g} s clips, guidance 3, "
+    diffusion = args.family == "stable-audio"
+    if diffusion:
+        backend = stable_audio_backend(args.quick, args.device, args.dtype)
+        shape = "tiny fixture" if args.quick else "stable-audio-open-1.0"
+        sampling, steps = SamplingParams(guidance=7.0), args.steps
+    else:
+        backend = random_backend(args.quick, args.device, args.dtype)
+        shape = "quick" if args.quick else "musicgen-small"
+        sampling, steps = SamplingParams(guidance=3.0), None
+    seconds = min(args.seconds, backend.max_duration_s)
+    detail = f", {steps} steps over the whole {backend.window_s:.2f} s window" if diffusion else ""
+    print(f"model: {shape} shape, {parameter_count(backend):.3g}M parameters, {backend.device} {backend.dtype}, "
+          f"built in {time.perf_counter() - t0:.1f} s; {seconds:g} s clips, guidance {sampling.guidance:g}{detail}, "
           f"{torch.get_num_threads()} threads")
     prompt = "lo-fi piano, rainy night"
-    backend.generate([GenerationRequest(prompt, 0.5, seed=0)])  # warm-up
 
-    single = timed(lambda: backend.generate([GenerationRequest(prompt, args.seconds, seed=1)]), args.repeats)
-    print(f"one clip:                    {single:7.2f} s  ({args.seconds / single:.2f}x real time)")
-    batch = timed(lambda: backend.generate([GenerationRequest(prompt, args.seconds, variations=4, seed=1)]),
-                  args.repeats)
-    print(f"4 variations in one batch:   {batch:7.2f} s  ({4 * args.seconds / batch:.2f}x real time)")
-    serial = timed(lambda: [backend.generate([GenerationRequest(prompt, args.seconds, seed=s)]) for s in range(4)],
-                   args.repeats)
-    print(f"4 clips one after another:   {serial:7.2f} s  ({4 * args.seconds / serial:.2f}x real time)")
+    def run(variations: int, seed: int, duration: float = seconds, step_count: int | None = steps) -> None:
+        backend.generate([GenerationRequest(prompt, duration, variations=variations, seed=seed, sampling=sampling,
+                                            steps=step_count)])
+
+    run(1, 0, min(0.5, seconds), 2 if diffusion else None)  # warm-up
+
+    single = timed(lambda: run(1, 1), args.repeats)
+    print(f"one clip:                    {single:7.2f} s  ({seconds / single:.2f}x real time)")
+    batch = timed(lambda: run(4, 1), args.repeats)
+    print(f"4 variations in one batch:   {batch:7.2f} s  ({4 * seconds / batch:.2f}x real time)")
+    serial = timed(lambda: [run(1, s) for s in range(4)], args.repeats)
+    print(f"4 clips one after another:   {serial:7.2f} s  ({4 * seconds / serial:.2f}x real time)")
     print(f"variations4_vs_single: {batch / single:.2f}")
     print(f"batched_vs_serial: {batch / serial:.2f}")
     return 0
