@@ -16,6 +16,7 @@ import argparse
 import string
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import (
@@ -128,24 +129,29 @@ def build_processor(tokenizer: T5Tokenizer) -> MusicgenProcessor:
     return MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer)
 
 
+def report(out_dir: Path, parameters: int) -> Path:
+    """Print what a fixture script wrote (the fixtures must stay small: they are committed)."""
+    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+    print(f"wrote {out_dir} ({size / 1024:.0f} KiB, {parameters} parameters)")
+    return out_dir
+
+
+def fixture_main(build: Callable[[Path], Path], default_out: Path, doc: str, argv: list[str] | None = None) -> int:
+    """The command line every fixture script shares: an optional output folder."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=default_out)
+    build(parser.parse_args(argv).out)
+    return 0
+
+
 def build(out_dir: Path) -> Path:
     tokenizer = build_tokenizer()
     model = build_model(tiny_config(len(tokenizer)))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     build_processor(tokenizer).save_pretrained(out_dir)
-    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    print(f"wrote {out_dir} ({size / 1024:.0f} KiB, {sum(p.numel() for p in model.parameters())} parameters)")
-    return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    build(args.out)
-    return 0
+    return report(out_dir, sum(p.numel() for p in model.parameters()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fixture_main(build, DEFAULT_OUT, __doc__))

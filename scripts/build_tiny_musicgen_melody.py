@@ -14,7 +14,6 @@ so `AutoProcessor` works wherever torchaudio exists; elsewhere `AutoTokenizer` l
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_tiny_musicgen import build_tokenizer, tiny_config  # noqa: E402 - the sibling script, not a package
+from build_tiny_musicgen import build_tokenizer, fixture_main, report, tiny_config  # noqa: E402 - the sibling script
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny-musicgen-melody"
 SEED = 4321
@@ -118,18 +117,8 @@ def build(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     save_processor(tokenizer, out_dir)
-    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    print(f"wrote {out_dir} ({size / 1024:.0f} KiB, {sum(p.numel() for p in model.parameters())} parameters)")
-    return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    build(args.out)
-    return 0
+    return report(out_dir, sum(p.numel() for p in model.parameters()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fixture_main(build, DEFAULT_OUT, __doc__))

@@ -15,7 +15,6 @@ for `bench/`; it is kept in memory, never written to the repository.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from diffusers import (
 from transformers import T5Config, T5EncoderModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_tiny_musicgen import build_tokenizer  # noqa: E402
+from build_tiny_musicgen import build_tokenizer, fixture_main, report  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny-stable-audio"
 SEED = 4321
@@ -147,21 +146,11 @@ def build(out_dir: Path) -> Path:
     pipe = build_pipeline(tiny_components())
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     params = sum(p.numel() for m in (pipe.vae, pipe.text_encoder, pipe.projection_model, pipe.transformer)
                  for p in m.parameters())
     StableAudioPipeline.from_pretrained(out_dir)  # it must load back offline
-    print(f"wrote {out_dir} ({size / 1024:.0f} KiB, {params} parameters)")
-    return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    build(args.out)
-    return 0
+    return report(out_dir, params)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fixture_main(build, DEFAULT_OUT, __doc__))
