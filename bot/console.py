@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -22,7 +23,6 @@ from bot.fingerprint import Fingerprints
 from generation.models import model_info
 from bot.presets import PresetService
 from bot.privacy import PrivacyService
-from bot.messages import ButtonKind
 from generation.jobs import Operation
 from generation.scheduler import EventKind
 
@@ -185,6 +185,11 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
     await engine.start()
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    try:  # SIGTERM: stop reading; the finally below lets running jobs finish or requeues them
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    except (NotImplementedError, RuntimeError):
+        pass
     submitted: set[str] = set()
     try:
         while True:
@@ -207,6 +212,8 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
         while submitted - sink.delivered and (engine.scheduler.depth or engine.scheduler.running_jobs()):
             sink.finished.clear()
             await asyncio.wait_for(sink.finished.wait(), timeout=None)
+    except asyncio.CancelledError:
+        stdout.write("\nStopping: unfinished pieces are kept and will be made on the next start.\n")
     finally:
         await engine.close()
     return 0

@@ -12,7 +12,7 @@ import random
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from bot.grammar import HELP_TEXT, IntentKind, PromptEdit, apply_edit, parse_reply

@@ -7,7 +7,7 @@ with simple, predictable rules. Anything it does not understand becomes UNKNOWN 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 DEFAULT_EXTEND_S = 10.0

@@ -354,13 +354,15 @@ def test_mp3_tags_never_contain_the_user_id(tmp_path: Path):
 @pytest.mark.asyncio
 async def test_cog_commands_and_confirmation_view(world):
     data, db, files, store = world
-    from bot.discord.cogs.privacy import ConfirmForget, PrivacyCog
+    from bot.discord.cogs.privacy import PrivacyCog, confirm_view
 
     service = PrivacyService(PrivacyStore(db, files))
     cog = PrivacyCog(None, service)
     assert {c.name for c in cog.get_app_commands()} == {"privacy", "export", "forget"}
     forget = next(c for c in cog.get_app_commands() if c.name == "forget")
     assert [c.value for c in forget.parameters[0].choices] == ["delete", "keep"]
-    view = ConfirmForget(service, 42, True, origin=None)
-    assert view.timeout and [item.label for item in view.children] == ["Confirm: forget me", "Cancel"]
+    view = confirm_view(42, "delete")
+    assert [item.item.label for item in view.children] == ["Confirm: forget me", "Cancel"]
+    assert [item.item.custom_id for item in view.children] == ["bandmate:forget:yes:42:delete",
+                                                               "bandmate:forget:no:42:delete"]
     view.stop()

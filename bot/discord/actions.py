@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from typing import Awaitable, Callable
 
 import discord

@@ -4,8 +4,8 @@ Why: Discord's Developer Policy asks bots to tell users what they collect and to
 their data. These commands do that without an admin in the loop. Every reply is ephemeral (only the asker sees
 their data) and sent with `AllowedMentions.none()`.
 
-/forget asks first: an ephemeral message with Confirm/Cancel buttons. The view is an ordinary timed one (not a
-persistent button) because the question only makes sense for a minute; only the person who asked can answer it.
+/forget asks first: an ephemeral message with Confirm/Cancel buttons, DynamicItems like every other button (the
+user and the choice in the custom_id), so they answer from the first moment; only the person who asked can.
 """
 
 from __future__ import annotations
@@ -23,70 +23,69 @@ from bot.discord.render import NO_PINGS
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TIMEOUT_S = 60.0
 EXPORT_NAME = "bandmate-export.json"
 TRACK_CHOICES = [app_commands.Choice(name="delete", value="delete"),
                  app_commands.Choice(name="keep anonymously", value="keep")]
 
 
-class ConfirmForget(discord.ui.View):
-    """Confirm/Cancel for one /forget; answers only the user who asked, once."""
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"bandmate:forget:(?P<answer>yes|no):(?P<user>[0-9]{1,20}):(?P<mode>delete|keep)"):
+    """Confirm or Cancel a /forget. The user and the choice live in the custom_id, so the buttons answer from the
+    first moment (and after a restart); only that user may press them."""
 
-    def __init__(self, service: PrivacyService, owner_id: int, delete_tracks: bool,
-                 origin: discord.Interaction) -> None:
-        super().__init__(timeout=CONFIRM_TIMEOUT_S)
-        self.service = service
-        self.owner_id = owner_id
-        self.delete_tracks = delete_tracks
-        self.origin = origin
-        self.answered = False
+    def __init__(self, answer: str, user_id: int, mode: str) -> None:
+        yes = answer == "yes"
+        super().__init__(discord.ui.Button(
+            label="Confirm: forget me" if yes else "Cancel",
+            style=discord.ButtonStyle.danger if yes else discord.ButtonStyle.secondary,
+            custom_id=f"bandmate:forget:{answer}:{user_id}:{mode}"))
+        self.answer, self.user_id, self.mode = answer, user_id, mode
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match) -> "ForgetButton":
+        return cls(match["answer"], int(match["user"]), match["mode"])
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id == self.owner_id:
+        if interaction.user.id == self.user_id:
             return True
         await interaction.response.send_message("Only the person who asked can confirm this.", ephemeral=True,
                                                 allowed_mentions=NO_PINGS)
         return False
 
-    @discord.ui.button(label="Confirm: forget me", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        if self.answered:
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if self.answer == "no":
+            await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None,
+                                                    allowed_mentions=NO_PINGS)
             return
-        self.answered = True
-        self.stop()
         await interaction.response.edit_message(content="Forgetting you…", view=None, allowed_mentions=NO_PINGS)
+        service: PrivacyService = interaction.client.get_cog("PrivacyCog").service
         try:
-            text = await self.service.forget(str(self.owner_id), self.delete_tracks)
+            text = await service.forget(str(self.user_id), self.mode == "delete")
         except Exception:
             log.exception("forget failed")
             text = ("Something went wrong and your data may not be fully deleted. Please try `/forget` again, or "
                     "ask the bot's operator.")
         await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_PINGS)
 
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        self.stop()
-        await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None,
-                                                allowed_mentions=NO_PINGS)
 
-    async def on_timeout(self) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        try:
-            await self.origin.edit_original_response(content="No answer, so nothing was deleted. Run `/forget` "
-                                                     "again when you're ready.", view=None, allowed_mentions=NO_PINGS)
-        except discord.HTTPException as error:
-            log.debug("could not close an unanswered /forget: %s", error)
+def confirm_view(user_id: int, mode: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton("yes", user_id, mode))
+    view.add_item(ForgetButton("no", user_id, mode))
+    return view
 
 
 class PrivacyCog(commands.Cog):
     def __init__(self, bot: commands.Bot, service: PrivacyService) -> None:
         self.bot = bot
         self.service = service
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ForgetButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ForgetButton)
 
     @app_commands.command(name="privacy")
     async def privacy(self, interaction: discord.Interaction) -> None:
@@ -120,5 +119,5 @@ class PrivacyCog(commands.Cog):
                 "Your tracks stay, anonymously: nothing will link them to you.")
         text = ("This deletes your taste fingerprint, votes, presets and the link between you and everything you "
                 f"made. {what} This cannot be undone.")
-        view = ConfirmForget(self.service, interaction.user.id, delete_tracks, interaction)
+        view = confirm_view(interaction.user.id, tracks.value)
         await interaction.response.send_message(text, view=view, ephemeral=True, allowed_mentions=NO_PINGS)
