@@ -19,9 +19,7 @@ import logging
 import os
 import random
 import shutil
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
