@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 fixture: setup
-	.venv/bin/python scripts/build_tiny_musicgen.py
+	.venv/bin/python tests/fixtures/build_tiny_musicgen.py && .venv/bin/python tests/fixtures/build_tiny_musicgen_melody.py && .venv/bin/python tests/fixtures/build_tiny_stable_audio.py
 
 bench: setup
 	.venv/bin/python bench/generate.py --quick

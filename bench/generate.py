@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/ holds queue.py, which would shadow the standard library's queue module: keep it off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
 import torch  # noqa: E402
 
