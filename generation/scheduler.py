@@ -104,6 +104,9 @@ class SchedulerConfig:
     max_attempts: int = 2
     padding_waste: float = 0.25
     progress_interval_s: float = 0.5
+    # When the model is idle and a job arrives, wait this long for others arriving with it, so requests made at
+    # the same moment share one model call instead of the first running alone.
+    gather_s: float = 0.1
     delivery_retries: int = 5
     delivery_retry_s: float = 2.0
 
@@ -338,6 +341,9 @@ class Scheduler:
             self._rotation.append(job.user_id)
         self._queued[job.user_id].append(job)
 
+    def _queued_rows(self) -> int:
+        return sum(job.rows for queue in self._queued.values() for job in queue)
+
     def _fair_order(self) -> list[Job]:
         """Round robin: each user's oldest job, user by user, then each user's second, and so on."""
         queues = [list(self._queued.get(u, ())) for u in self._rotation]
@@ -385,6 +391,9 @@ class Scheduler:
 
     async def _run(self) -> None:
         while not self._closing:
+            if (self.config.gather_s > 0 and not self._batches and self.executor.has_capacity()
+                    and 0 < self._queued_rows() < self.config.max_batch):
+                await asyncio.sleep(self.config.gather_s)
             batch = self._next_batch() if self.executor.has_capacity() else []
             if batch:
                 await self._start_batch(batch)

@@ -327,3 +327,14 @@ async def test_queue_output_matches_a_job_run_alone(harness):
     assert np.abs(x - y).max() < 1e-4
     await solo.close()
     await h.close()
+
+
+async def test_jobs_arriving_together_share_the_first_model_call(harness):
+    h = harness(SchedulerConfig(max_batch=4, per_user_pending=10, gather_s=0.3))
+    await h.start()  # idle and running: the first arrival would otherwise start a batch alone
+    jobs = [h.job(f"u{i}", duration=1.0) for i in range(3)]
+    for job in jobs:
+        await h.scheduler.submit(job)
+    await h.wait_delivered(3)
+    assert {e.message for e in h.events if e.kind is EventKind.STARTED} == {"batch of 3"}
+    await h.close()
