@@ -211,7 +211,10 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
         # Piped input: wait for what was asked before leaving, so a script gets its files.
         while submitted - sink.delivered and (engine.scheduler.depth or engine.scheduler.running_jobs()):
             sink.finished.clear()
-            await asyncio.wait_for(sink.finished.wait(), timeout=None)
+            try:  # re-check now and then: a cancelled job is never delivered
+                await asyncio.wait_for(sink.finished.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
     except asyncio.CancelledError:
         stdout.write("\nStopping: unfinished pieces are kept and will be made on the next start.\n")
     finally:

@@ -229,6 +229,7 @@ class Scheduler:
             await asyncio.sleep(0.05)
         for batch in self._batches:
             batch.stop_reason = "shutdown"
+        self._wake.set()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._tasks:
@@ -400,6 +401,8 @@ class Scheduler:
                 self._emit_positions()
                 await asyncio.sleep(0)  # let the executor take the batch before judging its capacity again
                 continue
+            if self._closing:  # stop() may have woken us during the gathering sleep
+                break
             self._wake.clear()
             await self._wake.wait()
 

@@ -22,8 +22,9 @@ class Console:
         env = {**os.environ, "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(data), "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "BANDMATE_TORCH_THREADS": "1"}
         env.pop("DISCORD_TOKEN", None)
+        self.log = open(data / "console.log", "w")  # a pipe nobody reads would fill up and block the console
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=data, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.lines: stdlib_queue.Queue[str] = stdlib_queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -51,7 +52,10 @@ class Console:
 
     def close(self) -> int:
         self.proc.stdin.close()
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.log.close()
 
 
 def test_the_console_runs_the_same_core(tmp_path):

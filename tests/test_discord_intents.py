@@ -37,6 +37,7 @@ async def test_without_message_content_the_bot_connects_and_says_so(fake, bot):
     result = await fake.wait_for_message(fake.text_channel, lambda m: any(a.filename.endswith(".mp3")
                                                                           for a in m.attachments), timeout=60)
     thread = await fake.wait_until(lambda: fake.message(result.id).thread_id, timeout=10, what="a thread")
+    await fake.wait_for_message(thread, lambda m: "Reply here" in m.content, timeout=10)  # the bot linked it
     await fake.post(thread, "continue", user=fake.user)  # arrives without content: the intent is off
     hint = await fake.wait_for_message(thread, lambda m: "mention me" in m.content, timeout=10)
     assert "@Bandmate continue" in hint.content

@@ -338,3 +338,13 @@ async def test_jobs_arriving_together_share_the_first_model_call(harness):
     await h.wait_delivered(3)
     assert {e.message for e in h.events if e.kind is EventKind.STARTED} == {"batch of 3"}
     await h.close()
+
+
+async def test_stop_during_the_gathering_window_returns(harness):
+    h = harness(SchedulerConfig(gather_s=0.5))
+    await h.start()
+    job = h.job("u1")
+    await h.scheduler.submit(job)  # the loop is now sleeping in its gathering window
+    assert await h.scheduler.cancel(job.id)
+    await asyncio.wait_for(h.scheduler.stop(grace_s=1), timeout=5)
+    h.db.close()
