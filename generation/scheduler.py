@@ -454,7 +454,16 @@ class Scheduler:
     async def _run_batch(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
 
+        interval = self.config.progress_interval_s
+        sent = [0.0]
+
         def progress(p: Progress) -> None:
+            # Runs in the model thread on every step: wake the event loop only when an event is due (the first
+            # steps, then every progress_interval_s, and the last), not hundreds of times a call.
+            now = time.monotonic()
+            if p.step < p.total and p.step > 3 and now - sent[0] < interval:
+                return
+            sent[0] = now
             loop.call_soon_threadsafe(self._on_progress, batch, p)
 
         try:
