@@ -190,8 +190,7 @@ class Engine:
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
         if self.settings.redis_url:  # [redis scale-out] the workers load the model (`python bot.py worker`)
             return None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor._model, self.models.get, self.settings.model)
+        return await self.executor.in_model_thread(self.models.get, self.settings.model)
 
     async def start(self) -> None:
         self.started = True

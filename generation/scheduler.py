@@ -146,6 +146,10 @@ class LocalExecutor:
     def has_capacity(self) -> bool:
         return not self._generating
 
+    async def in_model_thread(self, fn, *args):
+        """Run fn in the model thread (loading a model there keeps all torch work on one thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._model, fn, *args)
+
     async def execute(self, jobs, progress, should_stop):
         loop = asyncio.get_running_loop()
         self._generating = True

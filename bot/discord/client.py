@@ -86,9 +86,8 @@ class BandmateBot(commands.Bot):
 
     async def voting_window(self, guild_id: str | None) -> float:
         """Seconds a result's votes stay open (per guild through /settings; an hour by default)."""
-        settings = getattr(self.engine, "settings_store", None)
-        if settings is not None and guild_id:
-            window = (await settings.guild(guild_id)).voting_window_s
+        if guild_id:
+            window = (await self.engine.settings_store.guild(guild_id)).voting_window_s
             if window:
                 return float(window)
         return self.settings.voting_window_s
