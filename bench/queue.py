@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402 - after the path fix (it imports queue)
+
 
 def _load_generate_bench():
     import importlib.util
@@ -71,12 +73,13 @@ class Timings:
             self.done.set()
 
 
-async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: float = 0.0) -> tuple[float, list[float]]:
+async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: float = 0.0, *,
+                    model_thread: ThreadPoolExecutor) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "bench.db")
         files = FileStore(tmp)
         runner = JobRunner(lambda _id: backend, files)
-        scheduler = Scheduler(SqliteJobStore(db), LocalExecutor(runner),
+        scheduler = Scheduler(SqliteJobStore(db), LocalExecutor(runner, model_thread=model_thread),
                               SchedulerConfig(max_batch=max_batch, per_user_pending=10, max_depth=1000))
         timings = Timings()
         timings.expected = users
@@ -153,33 +156,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of each configuration, interleaved; the fastest counts (first runs after a warm-up "
                              "are measurably faster on these CPUs, so one run each would favour whichever goes first)")
     args = parser.parse_args(argv)
-    backend = random_backend(args.quick, args.device, args.dtype)
+    # Every torch call of this process runs on this one thread, as in the bot (see LocalExecutor): a baseline on the
+    # main thread beside a queue on another would give the process two OpenMP teams and slow the second one down.
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-model")
+
+    def on_model(fn, *fn_args):
+        return model_thread.submit(fn, *fn_args).result()
+
+    backend = on_model(random_backend, args.quick, args.device, args.dtype)
     print(f"model: {'quick' if args.quick else 'musicgen-small'} shape on {backend.device} {backend.dtype}; "
-          f"{args.seconds:g} s clips, guidance 3")
-    raw(backend, args.seconds, 8)  # warm up at the largest shape the runs will use
+          f"{args.seconds:g} s clips, guidance 3; all torch work on one thread")
+    on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
 
     def best(fn):
         """The fastest of --repeats runs of fn() -> (wall, latencies) or wall."""
         runs = [fn() for _ in range(args.repeats)]
         return min(runs, key=lambda r: r[0] if isinstance(r, tuple) else r)
 
-    t1, t4, t8 = (best(lambda n=n: raw(backend, args.seconds, n)) for n in (1, 4, 8))
+    t1, t4, t8 = (best(lambda n=n: on_model(raw, backend, args.seconds, n)) for n in (1, 4, 8))
     r4, r8 = 4 * t1 / t4, 8 * t1 / t8
     print(f"raw generate: batch 1 {t1:.2f} s, batch 4 {t4:.2f} s, batch 8 {t8:.2f} s")
 
     ratios = {}
     for users in (1, 4, 8):
-        serial_wall, serial_lat = best(lambda: run_serial(backend, args.seconds, users))
-        queue_wall, queue_lat = best(lambda: asyncio.run(run_queue(backend, args.seconds, users, max_batch=8)))
+        serial_wall, serial_lat = best(lambda: on_model(run_serial, backend, args.seconds, users))
+        queue_wall, queue_lat = best(lambda: asyncio.run(run_queue(backend, args.seconds, users, max_batch=8,
+                                                                   model_thread=model_thread)))
         s = report("serial baseline", args.seconds, users, serial_wall, serial_lat)
         q = report("queue (batched)", args.seconds, users, queue_wall, queue_lat)
         ratios[users] = q / s
         if users == 8:
-            direct_wall = best(lambda: direct(backend, args.seconds, users))
+            direct_wall = best(lambda: on_model(direct, backend, args.seconds, users))
             print(f"{'direct generate + render':<28} {users} users: {direct_wall:7.2f} s wall")
             overhead = queue_wall / direct_wall
-    stagger_serial = best(lambda: run_serial(backend, args.seconds, 4, gap_s=args.stagger))
-    stagger_queue = best(lambda: asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger)))
+    stagger_serial = best(lambda: on_model(run_serial, backend, args.seconds, 4, args.stagger))
+    stagger_queue = best(lambda: asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger,
+                                                       model_thread=model_thread)))
     s = report(f"serial, one every {args.stagger:g} s", args.seconds, 4, *stagger_serial)
     q = report(f"queue, one every {args.stagger:g} s", args.seconds, 4, *stagger_queue)
     print(f"staggered_batched_vs_serial_4users: {q / s:.2f}")
@@ -188,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batched_vs_serial_4users: {ratios[4]:.2f}  (goal >= {0.9 * r4:.2f})")
     print(f"batched_vs_serial_8users: {ratios[8]:.2f}  (goal >= {0.9 * r8:.2f})")
     print(f"overhead_vs_raw_generate: {overhead:.2f}  (goal <= 1.10)")
+    model_thread.shutdown()
     return 0
 
 
