@@ -182,9 +182,13 @@ class Engine:
             self.executor = RedisExecutor.from_settings(settings, self.files, self.store)
         else:
             self.executor = LocalExecutor(self.runner)
-        self.scheduler = Scheduler(self.store, self.executor, config)
+        self.scheduler = Scheduler(self.store, self.executor, config, remove_files=self._remove_files)
         self.started = False
         self._closed = False
+
+    async def _remove_files(self, rels: list[str]) -> None:
+        """The scheduler's way to delete a finished chain's intermediate audio (generation/chain.py)."""
+        await asyncio.to_thread(lambda: [self.files.remove(rel) for rel in rels])
 
     async def load_model(self):
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
@@ -262,7 +266,8 @@ def progress_printer(job_ids: set[str], quiet: bool):
         if event.kind is EventKind.PROGRESS and event.total:
             filled = int(30 * event.step / event.total)
             eta = f" ~{event.eta_s:.0f}s left" if event.eta_s else ""
-            line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}{eta}"
+            part = f" {event.message}" if event.message else ""
+            line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}{part}{eta}"
             if line != state["last"]:
                 sys.stderr.write(line)
                 sys.stderr.flush()
@@ -333,6 +338,7 @@ def cmd_continue(settings: Settings, args) -> int:
     files.absolute(rel).parent.mkdir(parents=True, exist_ok=True)
     write_flac(audio.samples, audio.sample_rate, files.absolute(rel))
     job.input_audio = rel
+    job.spec["source_s"] = audio.samples.shape[-1] / audio.sample_rate  # long continuations run window by window
     return _report(asyncio.run(run_jobs(settings, [job], Path(args.out), quiet=args.json)), args.json)
 
 

@@ -174,7 +174,8 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
     def on_event(event) -> None:
         if event.kind is EventKind.PROGRESS and event.total:
             filled = int(30 * event.step / event.total)
-            stdout.write(f"\r  {event.job_id} [{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}")
+            part = f" ({event.message})" if event.message else ""
+            stdout.write(f"\r  {event.job_id} [{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}{part}")
             if event.step >= event.total:
                 stdout.write("\n")
             stdout.flush()

@@ -211,7 +211,7 @@ class Bandmate:
             self.check_upload_meta(upload.filename, len(upload.data))
             self.check_continuation(job.model)
             job.kind, job.operation = JobKind.CONTINUE, Operation.CONTINUE
-            job.input_audio = await self._store_upload(job.id, upload)
+            job.input_audio, job.spec["source_s"] = await self._store_upload(job.id, upload)
         return await self._submit(who, job)
 
     def _family(self, model_id: str):
@@ -233,7 +233,8 @@ class Bandmate:
                 job.sampling = SamplingParams(temperature=job.sampling.temperature, top_k=job.sampling.top_k,
                                               top_p=job.sampling.top_p, guidance=info.default_guidance)
 
-    async def _store_upload(self, job_id: str, upload: Upload) -> str:
+    async def _store_upload(self, job_id: str, upload: Upload) -> tuple[str, float]:
+        """Decode (guarded) and store an upload as a FLAC master; its path and length in seconds."""
         limits = UploadLimits(max_bytes=self.config.max_upload_bytes, max_duration_s=self.config.max_upload_s)
         try:
             audio = await asyncio.to_thread(decode_audio_bytes, upload.data, target_rate=MODEL_RATE, channels=1,
@@ -244,7 +245,7 @@ class Bandmate:
         path = self.files.absolute(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_flac, audio.samples, audio.sample_rate, path)
-        return rel
+        return rel, audio.samples.shape[-1] / audio.sample_rate
 
     async def _submit(self, who: Requester, job: Job) -> Job:
         try:
@@ -293,6 +294,7 @@ class Bandmate:
                 raise Refusal("Add at least 1 second.")
             job.kind, job.duration_s, job.variations = JobKind.CONTINUE, seconds, 1
             job.input_audio = parent.flac
+            job.spec["source_s"] = parent.duration_s  # past one model window, the queue runs it window by window
         elif edit is not None:
             edited = clean_prompt(apply_edit(parent.prompt, edit), self.config.max_prompt_chars)
             job.prompt = (await self.prepare(who, ComposeOptions(prompt=edited, duration_s=parent.duration_s))).prompt
@@ -337,7 +339,7 @@ class Bandmate:
                   seed=opts.seed if opts.seed is not None else random.randrange(2**31), guild_id=who.guild_id,
                   channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
                   interaction_expires_at=interaction_expires_at)
-        job.input_audio = await self._store_upload(job.id, upload)
+        job.input_audio, _ = await self._store_upload(job.id, upload)
         return await self._submit(who, job)
 
     async def song(self, who: Requester, prompt: str, sections: str, *, delivery: dict[str, Any],
@@ -451,7 +453,8 @@ class Bandmate:
         head = f"🎼 **{escape(short(job.prompt, 80))}**"
         if event.kind is EventKind.PROGRESS and event.total:
             left = f" · about {human_seconds(event.eta_s)} left" if event.eta_s else ""
-            return f"{head}\n`{progress_bar(event.step, event.total)}` {100 * event.step // event.total}%{left}"
+            part = f" · {event.message}" if event.message else ""  # a long extend: "window 2 of 5"
+            return f"{head}\n`{progress_bar(event.step, event.total)}` {100 * event.step // event.total}%{part}{left}"
         if event.kind in (EventKind.QUEUED, EventKind.POSITION):
             where = "up next" if event.position in (None, 1) else f"#{event.position} in line"
             eta = f" · ready in about {human_seconds(event.eta_s)}" if event.eta_s else ""

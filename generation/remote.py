@@ -603,8 +603,10 @@ class RedisExecutor:
         for meta in json.loads(fields[b"tracks"]):
             track = track_from_dict(meta)
             for ext in FILE_KINDS:
+                if not getattr(track, ext):  # a chain's helper window has only its master (a float WAV)
+                    continue
                 data = fields[f"f{track.variation}.{ext}".encode()]
-                rel = self.media.path_for(track.id, ext)
+                rel = self.media.path_for(track.id, PurePosixPath(getattr(track, ext)).suffix.lstrip(".") or ext)
                 path = self.media.absolute(rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, data)
@@ -1013,6 +1015,8 @@ class Worker:
         for track in tracks:
             for ext in FILE_KINDS:
                 rel = getattr(track, ext)
+                if not rel:
+                    continue
                 fields[f"f{track.variation}.{ext}"] = self.scratch.absolute(rel).read_bytes()
                 self.scratch.remove(rel)
         return fields

@@ -16,7 +16,8 @@ import soundfile as sf
 
 from generation import __version__
 from generation.backend import Backend
-from generation.continuation import ContinuationError, continue_audio
+from generation import chain
+from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track
 from generation.song import compose_song, sections_from_spec, song_layout
@@ -75,8 +76,10 @@ class JobRunner:
             if not job.input_audio:
                 raise ValueError("continuation job without input audio")
             source = load_master(self.media.absolute(job.input_audio), backend.sample_rate)
-            pieces = continue_audio(backend, source, job.prompt, job.duration_s, variations=job.variations,
-                                    seed=job.seed, sampling=job.sampling, progress=progress, should_stop=should_stop)
+            # One window of a chain (generation/chain.py) or a whole continuation; window k draws from its own seed.
+            seed = job.seed + (chain.window_index(job) - 1) * WINDOW_SEED_STRIDE
+            pieces = continue_audio(backend, source, job.prompt, chain.window_add_s(job), variations=job.variations,
+                                    seed=seed, sampling=job.sampling, progress=progress, should_stop=should_stop)
             return {job.id: pieces}
         if jobs[0].kind is JobKind.SONG:  # --- SONG: sections one after another (generation/song.py) ---
             if len(jobs) != 1:
@@ -114,6 +117,21 @@ class JobRunner:
                                       progress=report, should_stop=should_stop).audio)
         return songs
 
+    def _window_master(self, job: Job, audio: Audio) -> TrackRecord:
+        """A chain's helper window: its audio as it came from the model (float WAV: no loudness, no fades, no
+        rounding), the next window's input. Not a track anyone sees; only `flac` (the master) is set."""
+        track_id = track_id_for(job, 0)
+        rel = self.media.path_for(track_id, "wav")
+        path = self.media.absolute(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        sf.write(str(tmp), audio.samples.T, audio.sample_rate, format="WAV", subtype="FLOAT")
+        tmp.replace(path)
+        return TrackRecord(id=track_id, job_id=job.id, variation=0, prompt=job.prompt, seed=job.seed, model=job.model,
+                           duration_s=audio.samples.shape[-1] / audio.sample_rate, params={"window": True},
+                           mp3="", png="", flac=rel, operation=job.operation, parent_track_id=job.parent_track_id,
+                           user_id=job.user_id, guild_id=job.guild_id, channel_id=job.channel_id)
+
     def _remix(self, jobs: list[Job], progress: ProgressCallback | None,
                should_stop: Callable[[], bool] | None) -> dict[str, list[Audio]]:
         """REMIX: one melody-model call; each job follows the chroma of its stored input audio (FLAC/WAV)."""
@@ -132,6 +150,8 @@ class JobRunner:
 
     def render(self, job: Job, audios: list[Audio]) -> list[TrackRecord]:
         """Write each variation's FLAC master, tagged MP3 and waveform; return the rows to store."""
+        if chain.owner_of(job):
+            return [self._window_master(job, audios[0])]
         backend = self.backend_for(job.model)
         tracks = []
         for i, audio in enumerate(audios):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Awaitable, Callable, Protocol
 
+from generation import chain
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
 from generation.runner import JobRunner
@@ -39,7 +40,7 @@ STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not i
 def job_steps(job: Job) -> int:
     if job.spec.get("family") == STABLE_AUDIO:  # --- STABLE AUDIO: denoising steps, whatever the duration ---
         return int(job.spec.get("steps") or STABLE_AUDIO_DEFAULT_STEPS)
-    return math.ceil(job.duration_s * FRAME_RATE) + 3
+    return math.ceil(round(chain.window_add_s(job) * FRAME_RATE, 6)) + 3
 
 
 def _diffusion_key(job: Job) -> tuple:
@@ -109,6 +110,8 @@ class SchedulerConfig:
     gather_s: float = 0.1
     delivery_retries: int = 5
     delivery_retry_s: float = 2.0
+    # Longest model call of a continuation; longer ones become chains of window jobs (generation/chain.py).
+    window_s: float = 30.0
 
 
 class DeliverySink(Protocol):
@@ -189,10 +192,16 @@ class _Batch:
 
 
 class Scheduler:
-    def __init__(self, store: JobStore, executor: Executor, config: SchedulerConfig = SchedulerConfig()) -> None:
+    def __init__(self, store: JobStore, executor: Executor, config: SchedulerConfig = SchedulerConfig(), *,
+                 remove_files: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
+        """remove_files: deletes files of the media store by relative path (a chain's intermediate audio)."""
         self.store = store
         self.executor = executor
         self.config = config
+        self.remove_files = remove_files
+        self._owners: dict[str, Job] = {}  # chains' owners, from submission until they finish
+        self._held: dict[str, str] = {}  # owner id -> id of the helper window it waits for
+        self._helper_owner: dict[str, str] = {}  # helper window id -> owner id
         self._queued: dict[str, deque[Job]] = {}
         self._rotation: deque[str] = deque()
         self._batches: list[_Batch] = []
@@ -212,14 +221,20 @@ class Scheduler:
     async def start(self) -> None:
         """Resume what a crash or restart left: queued and running jobs run (again); results are delivered."""
         self._loop = asyncio.get_running_loop()
-        known = {j.id for q in self._queued.values() for j in q}
+        known = {j.id for q in self._queued.values() for j in q} | set(self._owners)
+        owners: list[Job] = []
         for job in await self.store.unfinished_jobs():
             if job.id in known:
                 continue
             if job.state is JobState.RUNNING:
                 job.state = JobState.QUEUED
                 await self.store.update_job(job)
-            self._enqueue(job)
+            if chain.is_owner(job):
+                owners.append(job)
+            else:
+                self._enqueue(job)
+        for owner in owners:  # after the helpers, which the loop above queued again
+            await self._advance_chain(owner)
         if self.depth:
             log.info("resumed %d unfinished jobs", self.depth)
         self._loop_task = asyncio.create_task(self._run(), name="bandmate-scheduler")
@@ -288,27 +303,32 @@ class Scheduler:
             )
         if self.depth >= self.config.max_depth:
             raise QueueRefused(f"The queue is full ({self.depth} pieces waiting). Please try again in a few minutes.")
+        windows = chain.plan_chain(job, self.config.window_s)
+        if windows is not None:
+            chain.start_chain(job, windows)
         stored = await self.store.add_job(job)
         if stored.id != job.id:  # same idempotency key: the job already exists
             return stored
-        self._enqueue(stored)
+        if chain.is_owner(stored):
+            await self._advance_chain(stored)
+            total = chain.chain_steps(stored)[1]
+        else:
+            self._enqueue(stored)
+            total = job_steps(stored)
         position = self.position(stored.id)
         self._emit(JobEvent(EventKind.QUEUED, stored.id, stored.user_id, position=position,
-                            eta_s=self.eta(stored.id), total=job_steps(stored)))
+                            eta_s=self.eta(stored.id), total=total))
         self._wake.set()
         return stored
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job. Returns False when it had already finished (or is unknown)."""
+        job_id = self._held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
         for user, queue in self._queued.items():
             for job in queue:
                 if job.id == job_id:
                     queue.remove(job)
-                    job.state = JobState.CANCELLED
-                    job.finished_at = time.time()
-                    job.error = "Cancelled."
-                    await self.store.update_job(job)
-                    self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message="Cancelled."))
+                    await self._mark_cancelled(job)
                     self._emit_positions()
                     return True
         for batch in self._batches:
@@ -325,6 +345,7 @@ class Scheduler:
         return [j for b in self._batches for j in b.jobs]
 
     def position(self, job_id: str) -> int | None:
+        job_id = self._held.get(job_id, job_id)
         for i, job in enumerate(self._fair_order(), start=1):
             if job.id == job_id:
                 return i
@@ -334,6 +355,13 @@ class Scheduler:
         """Seconds until the job is done, from the measured speed of the model (None until measured)."""
         if self._step_s is None:
             return None
+        if job_id in self._held:  # a chain: its current helper window, then the windows after it
+            helper_id = self._held[job_id]
+            owner = self._owners[job_id]
+            steps, _ = chain.chain_steps(owner)
+            current = self.eta(helper_id)
+            done = chain.next_window(owner)
+            return None if current is None else current + sum(steps[done:]) * self._step_s
         running = max((b.total - b.step for b in self._batches), default=0) * self._step_s
         for batch in self._batches:
             if any(j.id == job_id for j in batch.jobs):
@@ -548,8 +576,12 @@ class Scheduler:
         job.state = JobState.DONE
         job.finished_at = time.time()
         job.error = None
+        if chain.owner_of(job):
+            await self._helper_done(job, tracks)
+            return
         await self.store.complete_job(job, tracks)
         self._emit(JobEvent(EventKind.DONE, job.id, job.user_id, step=1, total=1))
+        await self._end_chain(job)
         await self._deliver(job, tracks)
 
     async def _mark_cancelled(self, job: Job) -> None:
@@ -559,6 +591,10 @@ class Scheduler:
         job.error = "Cancelled."
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message=job.error))
+        owner = self._owner_waiting_on(job)
+        if owner is not None:  # a helper window: its chain ends with it
+            await self._mark_cancelled(owner)
+        await self._end_chain(job)
 
     async def _mark_failed(self, job: Job, message: str) -> None:
         job.state = JobState.FAILED
@@ -566,7 +602,90 @@ class Scheduler:
         job.error = message
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.FAILED, job.id, job.user_id, message=message))
+        owner = self._owner_waiting_on(job)
+        if owner is not None:  # a helper window failed for good: so does the piece it was part of
+            await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)  # nothing of its own to send
+            await self._mark_failed(owner, message)
+            return
+        await self._end_chain(job)
         await self._deliver(job, [])
+
+    # -- chains of window jobs (generation/chain.py) ------------------------------------------------------------
+
+    def _owner_waiting_on(self, helper: Job) -> Job | None:
+        owner_id = self._helper_owner.pop(helper.id, None)
+        if owner_id is None or self._held.get(owner_id) != helper.id:
+            return None
+        del self._held[owner_id]
+        return self._owners.get(owner_id)
+
+    async def _advance_chain(self, owner: Job) -> None:
+        """Queue the owner's next window: a helper job, or the owner itself once every helper has finished.
+
+        After a restart a helper may already exist (found by its idempotency key): a finished one is used, an
+        unfinished one was queued again by start().
+        """
+        self._owners[owner.id] = owner
+        while True:
+            index = chain.next_window(owner)
+            if index >= len(chain.windows_of(owner)):
+                self._held.pop(owner.id, None)
+                owner.input_audio = chain.outputs_of(owner)[-1]  # in memory only: the row keeps the user's source
+                self._enqueue(owner)
+                self._wake.set()
+                return
+            helper = await self.store.add_job(chain.helper_job(owner, index))
+            self._held[owner.id] = helper.id
+            self._helper_owner[helper.id] = owner.id
+            if helper.state is JobState.DONE and helper.spec.get("output"):
+                await self._record_output(owner, helper.spec["output"])
+                continue
+            if helper.state in (JobState.FAILED, JobState.CANCELLED):
+                self._held.pop(owner.id, None)
+                self._helper_owner.pop(helper.id, None)
+                if helper.state is JobState.FAILED:
+                    await self._mark_failed(owner, helper.error or "A part of this piece failed.")
+                else:
+                    await self._mark_cancelled(owner)
+                return
+            if not any(j.id == helper.id for j in self._fair_order() + self.running_jobs()):
+                self._enqueue(helper)
+                self._wake.set()
+            return
+
+    async def _record_output(self, owner: Job, output: str) -> None:
+        owner.spec[chain.CHAIN_KEY]["outputs"].append(output)
+        await self.store.update_job(owner)
+
+    async def _helper_done(self, helper: Job, tracks: list[TrackRecord]) -> None:
+        """A helper window finished: its unprocessed audio is the next window's input. Nothing to deliver."""
+        output = tracks[0].flac if tracks else None
+        helper.spec["output"] = output
+        await self.store.complete_job(helper, [])
+        await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
+        helper.delivery_state = DeliveryState.DELIVERED
+        owner = self._owner_waiting_on(helper)
+        if owner is None:  # its chain was cancelled meanwhile
+            if output and self.remove_files is not None:
+                await self.remove_files([output])
+            return
+        if output is None:
+            await self._mark_failed(owner, "A part of this piece came out empty; please try again.")
+            return
+        await self._record_output(owner, output)
+        await self._advance_chain(owner)
+
+    async def _end_chain(self, job: Job) -> None:
+        """A chain's owner finished (done, failed or cancelled): its intermediate audio goes."""
+        if self._owners.pop(job.id, None) is None:
+            return
+        self._held.pop(job.id, None)
+        outputs = chain.outputs_of(job)
+        if outputs and self.remove_files is not None:
+            try:
+                await self.remove_files(outputs)
+            except OSError:
+                log.exception("could not remove the window files of job %s", job.id)
 
     # -- delivery -----------------------------------------------------------------------------------------
 
@@ -596,11 +715,40 @@ class Scheduler:
     # -- events -------------------------------------------------------------------------------------------
 
     def _emit(self, event: JobEvent) -> None:
+        event = self._as_chain_event(event)
+        if event is None:
+            return
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken listener must not stop the queue
                 log.exception("job event listener failed")
+
+    def _as_chain_event(self, event: JobEvent) -> JobEvent | None:
+        """A window's events are its chain's: progress across all windows, under the owner's id."""
+        owner = self._owners.get(self._helper_owner.get(event.job_id, event.job_id))
+        if owner is None or event.kind in (EventKind.QUEUED, EventKind.CANCELLED, EventKind.FAILED) \
+                and owner.id != event.job_id:
+            return None if owner is not None else event  # a helper's end is announced as its owner's
+        helper = owner.id != event.job_id
+        if event.kind is EventKind.DONE and helper:
+            return None
+        steps, total = chain.chain_steps(owner)
+        index = chain.window_index(owner) if not helper else chain.next_window(owner)
+        before = sum(steps[: index - 1])
+        note = f"window {index} of {len(steps)}"
+        if event.kind in (EventKind.PROGRESS, EventKind.STARTED):
+            step = before + (event.step if event.kind is EventKind.PROGRESS else 0)
+            eta = (total - step) * self._step_s if self._step_s else None
+            return JobEvent(EventKind.PROGRESS, owner.id, owner.user_id, step=step, total=total, eta_s=eta,
+                            message=note)
+        if event.kind is EventKind.POSITION:
+            return JobEvent(EventKind.POSITION, owner.id, owner.user_id, position=event.position,
+                            eta_s=self.eta(owner.id), message=f"{note} waits its turn" if index > 1 else None)
+        if helper:
+            return JobEvent(event.kind, owner.id, owner.user_id, event.step, event.total, event.position,
+                            event.eta_s, event.message)
+        return event
 
     def _emit_positions(self) -> None:
         for i, job in enumerate(self._fair_order(), start=1):

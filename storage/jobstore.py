@@ -208,6 +208,7 @@ class SqliteJobStore:
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "spec": json.dumps(job.spec, sort_keys=True),  # a chain records its windows' outputs here
         }
 
         def update(db: sqlite_utils.Database) -> None:
@@ -236,6 +237,7 @@ class SqliteJobStore:
             "error": job.error,
             "started_at": job.started_at,
             "finished_at": finished_at,
+            "spec": json.dumps(job.spec, sort_keys=True),
         }
 
         def complete(db: sqlite_utils.Database) -> None:

@@ -104,3 +104,20 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def harness(tmp_path, models, tiny_model_path):
+    """Makes scheduler harnesses (tests/queue_harness.py), each in its own data directory."""
+    from generation.scheduler import SchedulerConfig
+    from queue_harness import Harness
+
+    made = []
+
+    def make(config: SchedulerConfig | None = None, backend_for=None) -> Harness:
+        h = Harness(tmp_path / f"h{len(made)}", models, config or SchedulerConfig(), backend_for,
+                    model=tiny_model_path)
+        made.append(h)
+        return h
+
+    yield make

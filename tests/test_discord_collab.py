@@ -72,9 +72,18 @@ async def test_three_jazz_votes_then_more_like_this_blends_jazz(fake, bot):
 async def test_extend_to_sixty_seconds_posts_one_sixty_second_file(fake, bot, tmp_path):
     first = await command(fake, "compose", {"prompt": "ambient drone", "duration": 2.0})
     track_id = mp3s(first)[0].filename.removeprefix("bandmate-").removesuffix(".mp3")
+    mark = len(fake.calls)
     longer = await command(fake, "extend", {"track": track_id, "seconds": 60.0}, match="extended")
     assert len(mp3s(longer)) == 1
     assert abs(seconds_of(mp3s(longer)[0].data, tmp_path) - 60.0) <= 1152 / 32000
+    # 2 s + 58 s is three model windows, each a job of its own (two helpers, then the request itself) ...
+    with sqlite3.connect(f"file:{bot.data / 'bandmate.db'}?mode=ro", uri=True) as db:
+        helpers = db.execute("SELECT state FROM jobs WHERE spec LIKE '%window_of%'").fetchall()
+    assert helpers == [("done",), ("done",)]
+    assert not list(bot.data.glob("audio/*/*.wav"))  # their intermediate audio is gone
+    # ... and the status message shows which window is being made.
+    edits = [c.json.get("content", "") for c in fake.find_calls("PATCH", since=mark) if isinstance(c.json, dict)]
+    assert any("window 1 of 3" in text for text in edits)
 
 
 async def test_a_song_has_sections_and_chapters(fake, bot, tmp_path):

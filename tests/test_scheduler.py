@@ -3,89 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from generation.backend import OutOfMemory
-from generation.jobs import DeliveryState, Job, JobState
-from generation.runner import JobRunner
-from generation.scheduler import EventKind, LocalExecutor, QueueRefused, Scheduler, SchedulerConfig
+from generation.jobs import DeliveryState, JobState
+from generation.scheduler import EventKind, QueueRefused, SchedulerConfig
 from generation.types import SamplingParams
-from storage.database import Database
-from storage.files import FileStore
-from storage.jobstore import SqliteJobStore
+from queue_harness import Harness
 
 pytestmark = pytest.mark.asyncio
-
-
-class RecordingSink:
-    """Delivery that remembers what it was handed; can fail its first attempts like a flaky network."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.fail_first = fail_first
-        self.calls: list[tuple[str, str, int]] = []
-
-    async def deliver(self, job, tracks) -> None:
-        if self.fail_first > 0:
-            self.fail_first -= 1
-            raise ConnectionError("network down")
-        self.calls.append((job.id, job.state.value, len(tracks)))
-
-
-class Harness:
-    def __init__(self, tmp_path, models, config: SchedulerConfig, backend_for=None) -> None:
-        self.db = Database(tmp_path / "bandmate.db")
-        self.files = FileStore(tmp_path)
-        self.store = SqliteJobStore(self.db)
-        self.runner = JobRunner(backend_for or models, self.files)
-        self.scheduler = Scheduler(self.store, LocalExecutor(self.runner), config)
-        self.events = []
-        self.scheduler.listen(self.events.append)
-        self.sink = RecordingSink()
-
-    async def start(self) -> None:
-        await self.scheduler.add_sink("test", self.sink)
-        await self.scheduler.start()
-
-    def job(self, user: str, prompt: str = "jazz drums", duration: float = 1.0, **kw) -> Job:
-        return Job(user_id=user, prompt=prompt, duration_s=duration, model=MODEL, delivery={"sink": "test"}, **kw)
-
-    def started_order(self) -> list[str]:
-        return [e.job_id for e in self.events if e.kind is EventKind.STARTED]
-
-    async def wait_for(self, predicate, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out waiting")
-            await asyncio.sleep(0.01)
-
-    async def wait_delivered(self, n: int, timeout: float = 60.0) -> None:
-        await self.wait_for(lambda: len(self.sink.calls) >= n, timeout)
-
-    async def close(self) -> None:
-        await self.scheduler.stop(grace_s=10)
-        self.db.close()
-
-
-MODEL = ""
-
-
-@pytest.fixture
-def harness(tmp_path, models, tiny_model_path):
-    global MODEL
-    MODEL = tiny_model_path
-    made = []
-
-    def make(config: SchedulerConfig = SchedulerConfig(), backend_for=None) -> Harness:
-        h = Harness(tmp_path / f"h{len(made)}", models, config, backend_for)
-        made.append(h)
-        return h
-
-    yield make
 
 
 async def test_compatible_jobs_share_one_model_call(harness):
@@ -251,9 +180,7 @@ async def test_delivery_is_retried_and_recorded(harness):
 
 
 async def test_restart_resumes_queued_jobs_and_redelivers(tmp_path, models, tiny_model_path):
-    global MODEL
-    MODEL = tiny_model_path
-    first = Harness(tmp_path, models, SchedulerConfig(max_batch=1))
+    first = Harness(tmp_path, models, SchedulerConfig(max_batch=1), model=tiny_model_path)
     queued = [first.job("u1"), first.job("u2")]
     for job in queued:
         await first.scheduler.submit(job)
@@ -265,7 +192,7 @@ async def test_restart_resumes_queued_jobs_and_redelivers(tmp_path, models, tiny
     await first.store.set_delivery_state(interrupted.id, DeliveryState.SENDING)
     first.db.close()  # the process "dies" without ever starting its loop
 
-    second = Harness(tmp_path, models, SchedulerConfig(max_batch=1))
+    second = Harness(tmp_path, models, SchedulerConfig(max_batch=1), model=tiny_model_path)
     await second.start()
     await second.wait_delivered(3)
     delivered = sorted(job_id for job_id, _, _ in second.sink.calls)
