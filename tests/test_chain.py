@@ -37,7 +37,7 @@ async def helpers_of(h: Harness, owner_id: str, count: int):
     return [await h.store.job_by_key(helper_key(owner, k)) for k in range(1, count + 1)]
 
 
-def test_only_long_single_continuations_are_chained(tmp_path, models, tiny_model_path):
+async def test_only_long_single_continuations_are_chained(tmp_path, models, tiny_model_path):
     h = Harness(tmp_path, models, WINDOW, model=tiny_model_path)
     assert plan_chain(extend_job(h), 4.0) == [(2.0, 2.0), (3.0, 1.0), (3.0, 1.0), (3.0, 1.0), (3.0, 1.0)]
     assert plan_chain(extend_job(h, add_s=1.5), 4.0) is None  # one window
@@ -53,6 +53,7 @@ async def test_each_window_is_a_job_and_the_piece_is_one_file(harness):
     h = harness(WINDOW)
     h.scheduler.remove_files = None  # keep the windows' audio to look at the joins
     owner = extend_job(h)
+    source = owner.input_audio
     await h.start()
     await h.scheduler.submit(owner)
     await h.wait_delivered(1)
@@ -60,13 +61,13 @@ async def test_each_window_is_a_job_and_the_piece_is_one_file(harness):
     assert h.sink.calls == [(owner.id, "done", 1)]
     helpers = await helpers_of(h, owner.id, 4)
     assert all(j.state is JobState.DONE and j.delivery_state is DeliveryState.DELIVERED for j in helpers)
-    assert all(await h.store.tracks_for_job(j.id) == [] for j in helpers)  # no track anyone sees
+    assert [await h.store.tracks_for_job(j.id) for j in helpers] == [[]] * 4  # no track anyone sees
     # Each window continues the previous one's audio untouched: every output starts with the one before.
     outputs = [h.files.absolute(j.spec["output"]) for j in helpers]
-    previous = sf.read(str(h.files.absolute(owner.input_audio)), dtype="float32")[0]
+    previous = sf.read(str(h.files.absolute(source)), dtype="float32")[0]
     for k, path in enumerate(outputs, start=1):
         audio, rate = sf.read(str(path), dtype="float32")
-        assert rate == RATE and len(audio) == RATE * (2 + k)
+        assert rate == RATE and len(audio) == RATE * (3 + k)  # 2 s, then 2 + 1 + 1 + 1 s
         np.testing.assert_array_equal(audio[: len(previous) - int(0.04 * RATE)],
                                       previous[: len(previous) - int(0.04 * RATE)])
         previous = audio
@@ -74,7 +75,7 @@ async def test_each_window_is_a_job_and_the_piece_is_one_file(harness):
     master, rate = sf.read(str(h.files.absolute(track.flac)))
     assert len(master) == 8 * RATE and track.duration_s == pytest.approx(8.0)
     stored = await h.store.get_job(owner.id)
-    assert stored.input_audio == owner.input_audio  # the row keeps the user's source for lineage
+    assert stored.input_audio == source  # the row keeps the user's source for lineage
 
     # Progress is the owner's, across all windows; no event names a helper.
     ids = {e.job_id for e in h.events}
