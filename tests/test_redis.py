@@ -106,14 +106,15 @@ class Bot:
                 assert self.files.absolute(rel).stat().st_size > 0
 
 
-def make_bot(tmp_path: Path, url: str, db: Database | None = None, **executor_options) -> Bot:
+def make_bot(tmp_path: Path, url: str, db: Database | None = None, *, window_s: float = 30.0,
+             **executor_options) -> Bot:
     db = db or Database(tmp_path / "bot" / "bandmate.db")
     store = SqliteJobStore(db)
     files = FileStore(tmp_path / "bot")
     options = {"max_batch": 4, "cancel_timeout_s": 30.0, **executor_options}
     executor = RedisExecutor(url, files, store, **options)
     scheduler = Scheduler(store, executor, SchedulerConfig(max_batch=options["max_batch"], per_user_pending=20,
-                                                           job_timeout_s=120.0))
+                                                           job_timeout_s=120.0, window_s=window_s))
     return Bot(db, store, files, executor, scheduler, RecordingSink(), Events(scheduler))
 
 
@@ -285,6 +286,27 @@ async def test_jobs_run_on_two_workers_and_arrive_once(tmp_path, redis_server, t
     client = aioredis.Redis.from_url(redis_server.url)
     assert [k async for k in client.scan_iter(match=KEYS.worker("*"))] == []
     await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_long_extend_runs_window_by_window_on_a_worker(tmp_path, redis_server, tiny_model_path, start_worker):
+    """Each window of a chain (generation/chain.py) goes through Redis; helpers' audio comes back as float WAV."""
+    worker = start_worker()
+    async with running_bot(tmp_path, redis_server.url, window_s=4.0) as bot:
+        owner = job("eve", 6.0, tiny_model_path, seed=6, kind=JobKind.CONTINUE, operation=Operation.EXTEND,
+                    spec={"source_s": 1.0})
+        owner.input_audio = continuation_input(bot.files, f"{owner.id}in", 1.0)
+        await bot.scheduler.submit(owner)
+        await bot.wait_delivered(owner)
+        await bot.check_done(owner, 7.0)  # 1 s + 3 + 1 + 1 + 1 s, four windows
+        helpers = [await bot.store.job_by_key(f"{owner.id}/window{k}") for k in (1, 2, 3)]
+        assert [h.state for h in helpers] == [JobState.DONE] * 3
+        for k, helper in enumerate(helpers):
+            output = bot.files.absolute(helper.spec["output"])
+            assert output.suffix == ".wav" and sf.info(str(output)).duration == pytest.approx(4.0 + k)
+        assert bot.sink.calls == {owner.id: 1}
+    await assert_redis_clean(redis_server.url)
+    assert worker.terminate() == 0, worker.output()
 
 
 @pytest.mark.asyncio
