@@ -412,7 +412,7 @@ class Bandmate:
             mine = [j for j in self.scheduler.running_jobs() + self.scheduler.queued_jobs() if j.user_id == who.user_id]
             if not mine:
                 return "You have nothing waiting or being made."
-            job_id = mine[-1].id
+            job_id = self.scheduler.request_id(mine[-1].id)
         job = await self.store.get_job(job_id)
         if job is None:
             return "I can't find that job."
@@ -429,12 +429,14 @@ class Bandmate:
             return f"You have nothing in the queue ({self.scheduler.depth} waiting in all)."
         lines = []
         for job in running:
-            eta = self.scheduler.eta(job.id)
-            lines.append(f"▶ `{job.id}` {short(job.prompt, 50)} — being made"
+            shown = self.scheduler.request_id(job.id)  # a long extend's window shows as the extend itself
+            eta = self.scheduler.eta(shown)
+            lines.append(f"▶ `{shown}` {short(job.prompt, 50)} — being made"
                          + (f", about {human_seconds(eta)} left" if eta else ""))
         for job in queued:
-            eta = self.scheduler.eta(job.id)
-            lines.append(f"⏳ `{job.id}` {short(job.prompt, 50)} — #{self.scheduler.position(job.id)} in line"
+            shown = self.scheduler.request_id(job.id)
+            eta = self.scheduler.eta(shown)
+            lines.append(f"⏳ `{shown}` {short(job.prompt, 50)} — #{self.scheduler.position(shown)} in line"
                          + (f", ready in about {human_seconds(eta)}" if eta else ""))
         return "\n".join(lines)
 

@@ -344,6 +344,10 @@ class Scheduler:
     def running_jobs(self) -> list[Job]:
         return [j for b in self._batches for j in b.jobs]
 
+    def request_id(self, job_id: str) -> str:
+        """The user's own job that `job_id` works for: a chain's owner for its helper windows, else itself."""
+        return self._helper_owner.get(job_id, job_id)
+
     def position(self, job_id: str) -> int | None:
         job_id = self._held.get(job_id, job_id)
         for i, job in enumerate(self._fair_order(), start=1):

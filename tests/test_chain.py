@@ -110,6 +110,9 @@ async def test_cancelling_the_piece_cancels_its_current_window(harness):
     await h.start()
     await h.scheduler.submit(owner)
     await h.wait_for(lambda: any(e.message == "window 2 of 11" for e in h.events))
+    [window] = h.scheduler.running_jobs()
+    assert h.scheduler.request_id(window.id) == owner.id != window.id  # /queue shows the user's own job
+    assert h.scheduler.eta(owner.id) > h.scheduler.eta(window.id) > 0  # nine more windows after this one
     assert await h.scheduler.cancel(owner.id)
     await h.wait_for(lambda: any(e.kind is EventKind.CANCELLED for e in h.events))
     await h.wait_for(lambda: not h.scheduler.running_jobs())
