@@ -2,7 +2,7 @@
 
     /compose lo-fi piano, rainy night --duration 8 --variations 2 --seed 1
     reply TRACK make it jazzier        vote TRACK        like TRACK        extend TRACK SECONDS_IN_ALL
-    remix FILE new style               song "prompt" "intro 8, verse 16, chorus 16, outro 8"
+    remix FILE new style               song "prompt" "intro 8, verse 16, chorus 16, outro 8" [--melody-chorus]
     style add|remove|list [TAG]        taste        top [week|all]        queue        cancel [JOB]        help
     prefer set NAME VALUE | remove NAME | list      privacy        export        forget [tracks]
 """
@@ -115,7 +115,9 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
                                    delivery=delivery)
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "song" and len(args) >= 2:
-            job = await core.song(CONSOLE_USER, args[0], " ".join(args[1:]), delivery=delivery)
+            chorus = "melody" if args[-1] == "--melody-chorus" else "reuse"
+            sections = [a for a in args[1:] if a != "--melody-chorus"]
+            job = await core.song(CONSOLE_USER, args[0], " ".join(sections), delivery=delivery, chorus=chorus)
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "style" and args and core.fingerprints is not None:
             return await core.fingerprints.style(CONSOLE_USER.user_id, args[0], " ".join(args[1:]) or None)

@@ -343,10 +343,20 @@ class Bandmate:
         return await self._submit(who, job)
 
     async def song(self, who: Requester, prompt: str, sections: str, *, delivery: dict[str, Any],
-                   seed: int | None = None, idempotency_key: str | None = None,
+                   seed: int | None = None, chorus: str = "reuse", idempotency_key: str | None = None,
                    interaction_expires_at: float | None = None) -> Job:
-        """/song: sections made one after another by continuation, a chorus that returns, one file with chapters."""
+        """/song: sections made one after another by continuation, a chorus that returns, one file with chapters.
+
+        chorus: "reuse" repeats the first chorus's audio; "melody" makes each repeat new, following the first
+        chorus's melody through the melody model (BANDMATE_MELODY_MODEL).
+        """
         from generation.song import SongError, parse_sections, sections_to_spec
+
+        if chorus not in ("reuse", "melody"):
+            raise Refusal("The chorus can return as `reuse` (the same audio) or `melody` (a new take on its melody).")
+        if chorus == "melody" and not self.config.melody_model:
+            raise Refusal("A chorus that follows its melody needs a melody model, and none is configured here "
+                          "(BANDMATE_MELODY_MODEL); leave the chorus option out to repeat the first chorus.")
 
         prepared = await self.prepare(who, ComposeOptions(prompt=prompt))
         prompt = prepared.prompt
@@ -365,6 +375,8 @@ class Bandmate:
                   seed=seed if seed is not None else random.randrange(2**31), guild_id=who.guild_id,
                   channel_id=who.channel_id, delivery=delivery, idempotency_key=idempotency_key,
                   interaction_expires_at=interaction_expires_at, spec={"sections": sections_to_spec(parsed)})
+        if chorus == "melody":
+            job.spec.update(chorus="melody", melody_model=self.config.melody_model)
         return await self._submit(who, job)
 
     async def reply(self, who: Requester, job_id: str, text: str, *, delivery: dict[str, Any],

@@ -105,8 +105,15 @@ class JobRunner:
 
     def _compose(self, backend: Backend, job: Job, progress: ProgressCallback | None,
                  should_stop: Callable[[], bool] | None) -> list[Audio]:
-        """SONG: one whole song per variation (seed + i), progress over all of them."""
+        """SONG: one whole song per variation (seed + i), progress over all of them. With `spec["chorus"] ==
+        "melody"` a returning chorus follows the first one's melody through the melody model instead of repeating
+        its audio."""
         sections = sections_from_spec(job.spec)
+        melody = None
+        if job.spec.get("chorus") == "melody":
+            from generation.melody import melody_backend  # imports torch: only where it is used
+
+            melody = melody_backend(self.backend_for, job.spec.get("melody_model"))
         songs = []
         for i in range(job.variations):
             def report(p: Progress, i: int = i) -> None:
@@ -114,7 +121,7 @@ class JobRunner:
                     progress(replace(p, step=i * p.total + p.step, total=job.variations * p.total))
 
             songs.append(compose_song(backend, job.prompt, sections, seed=job.seed + i, sampling=job.sampling,
-                                      progress=report, should_stop=should_stop).audio)
+                                      progress=report, should_stop=should_stop, melody_backend=melody).audio)
         return songs
 
     def _window_master(self, job: Job, audio: Audio) -> TrackRecord:
@@ -168,6 +175,7 @@ class JobRunner:
                 spans = song_layout(sections_from_spec(job.spec))
                 params["sections"] = [{"name": s.name, "label": s.label, "start_s": s.start_s, "end_s": s.end_s}
                                       for s in spans]
+                params["chorus"] = job.spec.get("chorus", "reuse")
                 sections = [(s.start_s, s.label) for s in spans]
             provenance = Provenance(
                 track_id=track_id, prompt=job.prompt, seed=job.seed + i, model_id=job.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -114,6 +115,28 @@ async def test_a_song_is_one_file_with_chapters_and_its_sections_recorded(world)
     assert "sections" in tracks[0].params
     with pytest.raises(Refusal):
         await world.song(ALICE, "x", "intro 0", delivery=D)
+
+
+async def test_a_returning_chorus_is_the_same_audio_or_a_new_take_on_its_melody(world):
+    def chorus_pair(track):
+        x, rate = sf.read(world.files.absolute(track.flac))
+        return x[int(0.2 * rate):int(1.8 * rate)], x[int(4.2 * rate):int(5.8 * rate)]
+
+    same = await world.song(ALICE, "synthwave drive", "chorus 2, verse 2, chorus 2", delivery=D, seed=5)
+    new = await world.song(ALICE, "synthwave drive", "chorus 2, verse 2, chorus 2", delivery=D, seed=5,
+                           chorus="melody")
+    (_, [reused]), (done, [melodic]) = await world.finished(same), await world.finished(new)
+    assert done.state is JobState.DONE, done.error
+    assert reused.params["chorus"] == "reuse" and melodic.params["chorus"] == "melody"
+    first, again = chorus_pair(reused)
+    np.testing.assert_allclose(again, first, atol=1e-4)
+    first, again = chorus_pair(melodic)
+    assert np.abs(again).max() > 1e-3 and np.abs(again - first).max() > 1e-2  # made anew, following the melody
+    with pytest.raises(Refusal, match="chorus"):
+        await world.song(ALICE, "x", "chorus 2, chorus 2", delivery=D, chorus="twice")
+    world.config = dataclasses.replace(world.config, melody_model=None)
+    with pytest.raises(Refusal, match="BANDMATE_MELODY_MODEL"):
+        await world.song(ALICE, "x", "chorus 2, chorus 2", delivery=D, chorus="melody")
 
 
 async def test_remix_keeps_an_uploads_melody(world, tmp_path):

@@ -128,17 +128,26 @@ class CollabCog(commands.Cog):
         await self.jobs.start(interaction, make, precheck)
 
     @app_commands.command(name="song")
-    @app_commands.describe(prompt="The song's style", sections="e.g. intro 8, verse 16, chorus 16, verse 16, chorus 16, outro 8")
+    @app_commands.describe(prompt="The song's style", sections="e.g. intro 8, verse 16, chorus 16, verse 16, chorus 16, outro 8",
+                           chorus="How a chorus returns: the same audio, or a new take on its melody")
+    @app_commands.choices(chorus=[app_commands.Choice(name="the first chorus again", value="reuse"),
+                                  app_commands.Choice(name="a new take on its melody", value="melody")])
     async def song(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 300],
                    sections: app_commands.Range[str, 1, 400],
-                   seed: app_commands.Range[int, 0, 2147483647] | None = None) -> None:
+                   seed: app_commands.Range[int, 0, 2147483647] | None = None,
+                   chorus: str = "reuse") -> None:
         """A whole song with structure: sections, and a chorus that really returns."""
+
+        def precheck() -> None:
+            if chorus == "melody" and not self.core.config.melody_model:
+                raise Refusal("A chorus that follows its melody needs a melody model, and none is configured here "
+                              "(BANDMATE_MELODY_MODEL).")
 
         async def make(delivery: dict, key: str, expires: float):
             return await self.core.song(requester(interaction), prompt, sections, delivery=delivery, seed=seed,
-                                        idempotency_key=key, interaction_expires_at=expires)
+                                        chorus=chorus, idempotency_key=key, interaction_expires_at=expires)
 
-        await self.jobs.start(interaction, make)
+        await self.jobs.start(interaction, make, precheck)
 
     @app_commands.command(name="extend")
     @app_commands.describe(track="The track id (in its file name)", seconds="Total length to reach, up to 300")
