@@ -136,6 +136,9 @@ class JobStore(Protocol):
     async def update_job(self, job: Job) -> None:
         """Write the job's state, attempts, error and timestamps."""
 
+    async def record_spec(self, job: Job) -> None:
+        """Write the job's spec (a chain's progress, generation/chain.py); other fields are left as they are."""
+
     async def complete_job(self, job: Job, tracks: list[TrackRecord]) -> None:
         """Store the tracks and mark the job done, in one transaction."""
 

@@ -202,6 +202,7 @@ class Scheduler:
         self._owners: dict[str, Job] = {}  # chains' owners, from submission until they finish
         self._held: dict[str, str] = {}  # owner id -> id of the helper window it waits for
         self._helper_owner: dict[str, str] = {}  # helper window id -> owner id
+        self._chain_cancel: set[str] = set()  # owners cancelled by their user: no further window starts
         self._queued: dict[str, deque[Job]] = {}
         self._rotation: deque[str] = deque()
         self._batches: list[_Batch] = []
@@ -323,6 +324,9 @@ class Scheduler:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job. Returns False when it had already finished (or is unknown)."""
+        chained = job_id in self._owners
+        if chained:  # whichever window it is at, even between two, the chain goes no further
+            self._chain_cancel.add(job_id)
         job_id = self._held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
         for user, queue in self._queued.items():
             for job in queue:
@@ -335,7 +339,7 @@ class Scheduler:
             if any(j.id == job_id for j in batch.jobs):
                 self._cancelled.add(job_id)
                 return True
-        return False
+        return chained  # between two windows: _advance_chain ends it
 
     def queued_jobs(self) -> list[Job]:
         """Queued jobs in the order they will be served."""
@@ -541,7 +545,10 @@ class Scheduler:
                                     message="The bot is restarting; your request will run when it is back."))
 
     async def _split_after_oom(self, batch: _Batch) -> None:
-        jobs = [j for j in batch.jobs if j.id not in self._cancelled]
+        for job in batch.jobs:
+            if job.id in self._cancelled:
+                await self._mark_cancelled(job)
+        jobs = [j for j in batch.jobs if j.state is not JobState.CANCELLED]
         if len(jobs) <= 1:
             for job in jobs:
                 await self._mark_failed(job, "Not enough GPU memory for this request. Try fewer variations or a "
@@ -575,6 +582,8 @@ class Scheduler:
 
     async def _finish(self, job: Job, tracks: list[TrackRecord]) -> None:
         if job.id in self._cancelled:
+            if chain.owner_of(job):  # a helper window's audio is nobody's track
+                await self._remove([t.flac for t in tracks if t.flac])
             await self._mark_cancelled(job)
             return
         job.state = JobState.DONE
@@ -631,6 +640,10 @@ class Scheduler:
         """
         self._owners[owner.id] = owner
         while True:
+            if owner.id in self._chain_cancel:
+                self._held.pop(owner.id, None)
+                await self._mark_cancelled(owner)
+                return
             index = chain.next_window(owner)
             if index >= len(chain.windows_of(owner)):
                 self._held.pop(owner.id, None)
@@ -659,37 +672,48 @@ class Scheduler:
 
     async def _record_output(self, owner: Job, output: str) -> None:
         owner.spec[chain.CHAIN_KEY]["outputs"].append(output)
-        await self.store.update_job(owner)
+        await self.store.record_spec(owner)
+
+    async def _remove(self, rels: list[str]) -> None:
+        if rels and self.remove_files is not None:
+            try:
+                await self.remove_files(rels)
+            except OSError:
+                log.exception("could not remove %d window files", len(rels))
 
     async def _helper_done(self, helper: Job, tracks: list[TrackRecord]) -> None:
-        """A helper window finished: its unprocessed audio is the next window's input. Nothing to deliver."""
+        """A helper window finished: its unprocessed audio is the next window's input. Nothing to deliver.
+
+        A cancel that arrived after the model call ended is honoured by _advance_chain (via _chain_cancel)."""
         output = tracks[0].flac if tracks else None
         helper.spec["output"] = output
         await self.store.complete_job(helper, [])
+        await self.store.record_spec(helper)
         await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
         helper.delivery_state = DeliveryState.DELIVERED
+        self._cancelled.discard(helper.id)
         owner = self._owner_waiting_on(helper)
         if owner is None:  # its chain was cancelled meanwhile
-            if output and self.remove_files is not None:
-                await self.remove_files([output])
+            await self._remove([output] if output else [])
             return
         if output is None:
             await self._mark_failed(owner, "A part of this piece came out empty; please try again.")
             return
-        await self._record_output(owner, output)
-        await self._advance_chain(owner)
+        try:
+            await self._record_output(owner, output)
+            await self._advance_chain(owner)
+        except Exception:  # noqa: BLE001 - a chain must end, not wait forever for a window that never comes
+            log.exception("job %s: could not go on to its next window", owner.id)
+            self._held.pop(owner.id, None)
+            await self._mark_failed(owner, "Something went wrong between two parts of this piece; please try again.")
 
     async def _end_chain(self, job: Job) -> None:
         """A chain's owner finished (done, failed or cancelled): its intermediate audio goes."""
         if self._owners.pop(job.id, None) is None:
             return
         self._held.pop(job.id, None)
-        outputs = chain.outputs_of(job)
-        if outputs and self.remove_files is not None:
-            try:
-                await self.remove_files(outputs)
-            except OSError:
-                log.exception("could not remove the window files of job %s", job.id)
+        self._chain_cancel.discard(job.id)
+        await self._remove(chain.outputs_of(job))
 
     # -- delivery -----------------------------------------------------------------------------------------
 
@@ -747,8 +771,9 @@ class Scheduler:
             return JobEvent(EventKind.PROGRESS, owner.id, owner.user_id, step=step, total=total, eta_s=eta,
                             message=note)
         if event.kind is EventKind.POSITION:
+            message = event.message or (f"{note} waits its turn" if index > 1 else None)  # e.g. a restart notice
             return JobEvent(EventKind.POSITION, owner.id, owner.user_id, position=event.position,
-                            eta_s=self.eta(owner.id), message=f"{note} waits its turn" if index > 1 else None)
+                            eta_s=self.eta(owner.id), message=message)
         if helper:
             return JobEvent(event.kind, owner.id, owner.user_id, event.step, event.total, event.position,
                             event.eta_s, event.message)

@@ -38,6 +38,8 @@ SELECT mp3 FROM tracks WHERE deleted = 0
 UNION SELECT png FROM tracks WHERE deleted = 0
 UNION SELECT flac FROM tracks WHERE deleted = 0
 UNION SELECT input_audio FROM jobs WHERE input_audio IS NOT NULL
+    -- a finished chain's window jobs (generation/chain.py) read intermediate audio that is deleted when it ends
+    AND (json_extract(spec, '$.window_of') IS NULL OR state IN ('queued', 'running'))
 """
 
 

@@ -208,7 +208,6 @@ class SqliteJobStore:
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
-            "spec": json.dumps(job.spec, sort_keys=True),  # a chain records its windows' outputs here
         }
 
         def update(db: sqlite_utils.Database) -> None:
@@ -218,6 +217,16 @@ class SqliteJobStore:
                 raise JobNotFound(job.id) from None
 
         await self.db.write(update)
+
+    async def record_spec(self, job: Job) -> None:
+        """Write the job's spec (a chain's progress), unless its row was anonymised by /forget meanwhile: a
+        forgotten user's prompt, tags and paths must not come back from a job that was still in memory."""
+        spec = json.dumps(job.spec, sort_keys=True)
+
+        def record(db: sqlite_utils.Database) -> None:
+            db.execute("UPDATE jobs SET spec = ? WHERE id = ? AND user_id = ?", [spec, job.id, job.user_id])
+
+        await self.db.write(record)
 
     async def complete_job(self, job: Job, tracks: list[TrackRecord]) -> None:
         """Store `tracks` and mark the job done in one transaction; on any error neither happens.
@@ -237,7 +246,6 @@ class SqliteJobStore:
             "error": job.error,
             "started_at": job.started_at,
             "finished_at": finished_at,
-            "spec": json.dumps(job.spec, sort_keys=True),
         }
 
         def complete(db: sqlite_utils.Database) -> None:

@@ -321,6 +321,16 @@ class PrivacyStore:
                 ex(f"UPDATE tracks SET user_id = NULL, channel_id = NULL WHERE id IN ({tmarks})", track_ids)
             result.tracks_anonymised = len(track_ids)
 
+            # A long extend's intermediate audio (generation/chain.py), normally gone when its chain ends.
+            if job_ids:
+                for (spec_text,) in ex(f"SELECT spec FROM jobs WHERE id IN ({marks})", job_ids).fetchall():
+                    spec = _json_obj(spec_text)
+                    if not isinstance(spec, dict):
+                        continue
+                    chained = spec.get("chain") if isinstance(spec.get("chain"), dict) else {}
+                    files.extend(p for p in [*chained.get("outputs", []), spec.get("output")]
+                                 if isinstance(p, str) and p)
+
             # After the tracks changed: an upload is removed unless a live track (anyone's) still uses the file.
             uploads = _orphan_uploads(db, job_ids)
             for job_id, rel in uploads:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,6 +13,7 @@ from generation.jobs import DeliveryState, JobKind, JobState, Operation
 from generation.postprocess import write_flac
 from generation.scheduler import EventKind, SchedulerConfig
 from queue_harness import Harness
+from storage.backup import backup
 
 pytestmark = pytest.mark.asyncio
 
@@ -87,7 +90,7 @@ async def test_each_window_is_a_job_and_the_piece_is_one_file(harness):
     await h.close()
 
 
-async def test_other_peoples_jobs_run_between_windows_and_windows_are_removed(harness):
+async def test_other_peoples_jobs_run_between_windows_and_windows_are_removed(harness, tmp_path):
     h = harness(WINDOW)
     owner = extend_job(h)
     await h.scheduler.submit(owner)
@@ -101,6 +104,9 @@ async def test_other_peoples_jobs_run_between_windows_and_windows_are_removed(ha
     assert helpers[0].started_at <= bob.started_at <= helpers[1].started_at
     assert sorted(h.removed) == sorted(j.spec["output"] for j in helpers)
     assert not any(h.files.absolute(rel).exists() for rel in h.removed)
+    # A backup does not miss the deleted window files: finished windows' inputs are not referenced.
+    made = await asyncio.to_thread(backup, h.db.path, h.files.root, tmp_path / "backup")
+    assert made.missing == [] and len(made.files) == 3 + 3 + 1  # two tracks (mp3, png, flac) and the source
     await h.close()
 
 
@@ -121,6 +127,30 @@ async def test_cancelling_the_piece_cancels_its_current_window(harness):
     assert first.state is JobState.DONE and second.state is JobState.CANCELLED and third is None
     assert h.removed == [first.spec["output"]] and not h.files.absolute(first.spec["output"]).exists()
     assert not any(c[1] == "done" for c in h.sink.calls)
+    await h.close()
+
+
+async def test_a_cancel_between_two_windows_stops_the_chain(harness):
+    h = harness(WINDOW)
+    owner = extend_job(h)
+    answers = []
+    record_spec = h.store.record_spec
+
+    async def record_then_cancel(job):
+        """The moment window 1's output is recorded, before window 2 exists: neither queued nor running."""
+        await record_spec(job)
+        if job.id == owner.id and not answers:
+            answers.append(await h.scheduler.cancel(owner.id))
+
+    h.store.record_spec = record_then_cancel
+    await h.start()
+    await h.scheduler.submit(owner)
+    await h.wait_for(lambda: any(e.kind is EventKind.CANCELLED for e in h.events))
+    assert answers == [True]
+    assert (await h.store.get_job(owner.id)).state is JobState.CANCELLED
+    first, second = await helpers_of(h, owner.id, 2)
+    assert first.state is JobState.DONE and second is None  # window 2 never started
+    assert h.removed == [first.spec["output"]]
     await h.close()
 
 

@@ -295,6 +295,22 @@ async def test_forget_keeping_tracks_anonymises_them(world):
 
 
 @pytest.mark.asyncio
+async def test_forget_removes_the_audio_of_a_long_extend_in_progress(world):
+    """A chain of window jobs (generation/chain.py) keeps its intermediate audio only in the jobs' spec."""
+    data, db, files, store = world
+    windows = [files.path_for(f"w{k}", "wav") for k in (1, 2)]
+    for rel in windows:
+        files.write_bytes(rel, payload(rel))
+    owner = await store.add_job(Job(user_id=USER, prompt="ambient", duration_s=58.0, model="m",
+                                    spec={"chain": {"windows": [[2, 28], [10, 20], [10, 10]], "outputs": windows}}))
+    await store.add_job(Job(user_id=USER, prompt="ambient", duration_s=20.0, model="m", input_audio=windows[0],
+                            spec={"window_of": owner.id, "window": 2, "output": windows[1]}))
+    await PrivacyService(PrivacyStore(db, files)).forget(USER, delete_tracks=True)
+    assert not any(files.exists(rel) for rel in windows)
+    assert occurrences(db, USER) == []
+
+
+@pytest.mark.asyncio
 async def test_forget_text_says_what_went_and_about_backups(world):
     data, db, files, store = world
     await populate(db, files, store)
