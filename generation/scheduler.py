@@ -687,8 +687,8 @@ class Scheduler:
         A cancel that arrived after the model call ended is honoured by _advance_chain (via _chain_cancel)."""
         output = tracks[0].flac if tracks else None
         helper.spec["output"] = output
+        await self.store.record_spec(helper)  # first: a helper row that says DONE always names its output
         await self.store.complete_job(helper, [])
-        await self.store.record_spec(helper)
         await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
         helper.delivery_state = DeliveryState.DELIVERED
         self._cancelled.discard(helper.id)
