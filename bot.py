@@ -188,7 +188,11 @@ class Engine:
 
     async def _remove_files(self, rels: list[str]) -> None:
         """The scheduler's way to delete a finished chain's intermediate audio (generation/chain.py)."""
-        await asyncio.to_thread(lambda: [self.files.remove(rel) for rel in rels])
+        def remove() -> None:
+            for rel in rels:
+                self.files.remove(rel)
+
+        await asyncio.to_thread(remove)
 
     async def load_model(self):
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
@@ -370,11 +374,10 @@ def cmd_doctor(settings: Settings, args) -> int:
 
     line("python", platform.python_version(), sys.version_info >= (3, 11))
     try:
-        import torch
+        from generation.musicgen import describe_accelerator
 
-        cuda = torch.cuda.is_available()
-        device = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device found)"
-        line("torch", torch.__version__)
+        version, device = describe_accelerator()
+        line("torch", version)
         line("device", f"{device}; BANDMATE_DEVICE={settings.device}, BANDMATE_DTYPE={settings.dtype}")
     except Exception as error:  # noqa: BLE001
         line("torch", f"not importable: {error}", False)

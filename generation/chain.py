@@ -17,10 +17,9 @@ The JSON the chain keeps in `Job.spec`:
 
 from __future__ import annotations
 
-import math
-
 from generation.continuation import plan_windows
 from generation.jobs import Job, JobKind
+from generation.types import tokens_for
 
 CHAIN_KEY = "chain"
 WINDOW_OF = "window_of"
@@ -36,8 +35,6 @@ def plan_chain(job: Job, window_s: float) -> list[tuple[float, float]] | None:
         return None
     if job.variations != 1:  # several variations continue in one job, window by window inside it
         return None
-    if CHAIN_KEY in job.spec:
-        return [tuple(w) for w in job.spec[CHAIN_KEY]["windows"]]
     try:
         windows = plan_windows(float(job.spec["source_s"]), job.duration_s, max_call_s=window_s)
     except ValueError:
@@ -104,11 +101,7 @@ def window_add_s(job: Job) -> float:
     return windows_of(job)[-1][1] if is_owner(job) else job.duration_s
 
 
-def _steps(seconds: float) -> int:
-    return math.ceil(round(seconds * 50, 6)) + 3
-
-
 def chain_steps(owner: Job) -> tuple[list[int], int]:
     """Model steps of each window, and their sum: the progress bar spans the whole chain."""
-    steps = [_steps(new) for _, new in windows_of(owner)]
+    steps = [tokens_for(new) for _, new in windows_of(owner)]
     return steps, sum(steps)

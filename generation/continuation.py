@@ -6,14 +6,13 @@ keeps the existing audio untouched and crossfades its continuation in, so the pi
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
 from generation.backend import Backend
-from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
 
 MAX_TOTAL_S = 300.0
 CONTEXT_S = 10.0
@@ -63,7 +62,7 @@ def continue_audio(
     if mono.shape[-1] < backend.sample_rate // 10:
         raise ContinuationError("That audio is too short to continue (under 0.1 s).")
     windows = plan_windows(mono.shape[-1] / audio.sample_rate, add_s, max_call_s=backend.max_duration_s)
-    total_steps = sum(_steps(new) for _, new in windows)
+    total_steps = sum(tokens_for(new) for _, new in windows)
     pieces = [mono.copy() for _ in range(variations)]
     done_steps = 0
     for w, (context_s, new_s) in enumerate(windows):
@@ -83,10 +82,6 @@ def continue_audio(
             window = variation[0].samples
             # The window output is the context (kept as it was, crossfaded at its end) followed by the new part.
             pieces[i] = np.concatenate([pieces[i][:, : pieces[i].shape[-1] - context_len], window], axis=-1)
-        done_steps += _steps(new_s)
+        done_steps += tokens_for(new_s)
     wanted = mono.shape[-1] + int(round(add_s * audio.sample_rate))
     return [Audio(p[:, :wanted], audio.sample_rate) for p in pieces]
-
-
-def _steps(seconds: float) -> int:
-    return math.ceil(round(seconds * 50, 6)) + 3

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from generation.backend import Backend, ModelLoadError
-from generation.musicgen import MusicGenBase, explain_load_error, is_out_of_memory, tokens_for
-from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams
+from generation.musicgen import MusicGenBase, explain_load_error, is_out_of_memory
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
 
 log = logging.getLogger(__name__)
 

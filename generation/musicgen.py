@@ -11,7 +11,6 @@ call with per-row delay patterns, and per-job decoding. `MusicGenBackend` adds t
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -22,12 +21,10 @@ import torch
 
 from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
 from generation.sampling import RowSampler, SamplingFinished
-from generation.types import Audio, GenerationRequest, ProgressCallback, SamplingParams
+from generation.types import DELAY_STEPS, Audio, GenerationRequest, ProgressCallback, SamplingParams, tokens_for
 
 log = logging.getLogger(__name__)
 
-FRAME_RATE = 50  # EnCodec 32 kHz: 640 samples a frame
-DELAY_STEPS = 3  # the delay pattern of 4 codebooks costs 3 extra steps
 MAX_CALL_SECONDS = 30.0  # what MusicGen was trained on; longer targets are windowed continuations
 LICENSES = {
     "facebook/musicgen": "CC-BY-NC-4.0 (weights); MIT (code)",
@@ -53,16 +50,18 @@ def choose_device(device: str = "auto", dtype: str = "auto") -> DeviceChoice:
     return DeviceChoice(device=device, dtype=aliases[dtype])
 
 
+def describe_accelerator() -> tuple[str, str]:
+    """torch's version and the device `auto` picks, in words (for `bot.py doctor`)."""
+    if torch.cuda.is_available():
+        return torch.__version__, torch.cuda.get_device_name(0)
+    return torch.__version__, "cpu (no CUDA device found)"
+
+
 def license_for(model_id: str) -> str:
     for prefix, text in LICENSES.items():
         if model_id.startswith(prefix):
             return text
     return "see the model card"
-
-
-def tokens_for(duration_s: float) -> int:
-    """New tokens for an exact duration: 50 per second, plus the delay pattern's 3."""
-    return math.ceil(round(duration_s * FRAME_RATE, 6)) + DELAY_STEPS
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -241,6 +241,13 @@ def write_flac(samples: np.ndarray, sample_rate: int, path: Path | str) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
+def write_wav_float(samples: np.ndarray, sample_rate: int, path: Path | str) -> Path:
+    """32-bit float WAV, exactly as given (no clipping, no rounding): intermediate audio that is read back."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, _as_channels_first(samples).T, sample_rate, format="WAV", subtype="FLOAT")
+    return write_atomic(path, buffer.getvalue())
+
+
 # --- MP3 ---------------------------------------------------------------------------------------------------------
 
 

@@ -603,10 +603,11 @@ class RedisExecutor:
         for meta in json.loads(fields[b"tracks"]):
             track = track_from_dict(meta)
             for ext in FILE_KINDS:
-                if not getattr(track, ext):  # a chain's helper window has only its master (a float WAV)
+                worker_rel = getattr(track, ext)
+                if not worker_rel:  # a chain's helper window has only its master (a float WAV)
                     continue
                 data = fields[f"f{track.variation}.{ext}".encode()]
-                rel = self.media.path_for(track.id, PurePosixPath(getattr(track, ext)).suffix.lstrip(".") or ext)
+                rel = self.media.path_for(track.id, PurePosixPath(worker_rel).suffix.lstrip(".") or ext)
                 path = self.media.absolute(rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, data)

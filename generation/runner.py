@@ -14,12 +14,11 @@ from typing import Callable, Protocol
 import numpy as np
 import soundfile as sf
 
-from generation import __version__
+from generation import __version__, chain
 from generation.backend import Backend
-from generation import chain
 from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
-from generation.postprocess import Provenance, render_track
+from generation.postprocess import Provenance, render_track, write_wav_float
 from generation.song import compose_song, sections_from_spec, song_layout
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
@@ -131,9 +130,7 @@ class JobRunner:
         rel = self.media.path_for(track_id, "wav")
         path = self.media.absolute(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        sf.write(str(tmp), audio.samples.T, audio.sample_rate, format="WAV", subtype="FLOAT")
-        tmp.replace(path)
+        write_wav_float(audio.samples, audio.sample_rate, path)
         return TrackRecord(id=track_id, job_id=job.id, variation=0, prompt=job.prompt, seed=job.seed, model=job.model,
                            duration_s=audio.samples.shape[-1] / audio.sample_rate, params={"window": True},
                            mp3="", png="", flac=rel, operation=job.operation, parent_track_id=job.parent_track_id,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +25,9 @@ from generation import chain
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
 from generation.runner import JobRunner
-from generation.types import Audio, Progress
+from generation.types import Audio, Progress, tokens_for
 
 log = logging.getLogger(__name__)
-
-FRAME_RATE = 50
-
 
 STABLE_AUDIO = "stable-audio"  # job.spec["family"] of Stable Audio jobs
 STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not imported: it pulls in torch)
@@ -40,7 +36,7 @@ STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not i
 def job_steps(job: Job) -> int:
     if job.spec.get("family") == STABLE_AUDIO:  # --- STABLE AUDIO: denoising steps, whatever the duration ---
         return int(job.spec.get("steps") or STABLE_AUDIO_DEFAULT_STEPS)
-    return math.ceil(round(chain.window_add_s(job) * FRAME_RATE, 6)) + 3
+    return tokens_for(chain.window_add_s(job))
 
 
 def _diffusion_key(job: Job) -> tuple:

@@ -23,7 +23,7 @@ import numpy as np
 
 from generation.backend import Backend, GenerationCancelled
 from generation.continuation import ContinuationError, continue_audio, plan_windows
-from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -268,13 +268,8 @@ class _Op:
 _SOURCES = {"text": "generated", "continue": "generated", "reuse": "reused", "melody": "melody"}
 
 
-def _call_steps(seconds: float) -> int:
-    # One model step per 20 ms frame plus the codebook delay's 3, as the MusicGen backend and continue_audio count.
-    return math.ceil(round(seconds * 50, 6)) + 3
-
-
 def _continue_steps(existing_s: float, add_s: float, backend: Backend) -> int:
-    return sum(_call_steps(new) for _, new in plan_windows(existing_s, add_s, max_call_s=backend.max_duration_s))
+    return sum(tokens_for(new) for _, new in plan_windows(existing_s, add_s, max_call_s=backend.max_duration_s))
 
 
 def _plan(sections: list[Section], bounds: list[int], rate: int, fade: int, backend: Backend,
@@ -287,13 +282,13 @@ def _plan(sections: list[Section], bounds: list[int], rate: int, fade: int, back
         ext = fade if k + 1 < len(sections) else 0  # what a repeated chorus after it crossfades against
         if k == 0:
             head = min(n + ext, int(backend.max_duration_s * rate))
-            steps = _call_steps(head / rate)
+            steps = tokens_for(head / rate)
             if head < n + ext:
                 steps += _continue_steps(head / rate, (n + ext - head) / rate, backend)
             ops.append(_Op(k, "text", steps))
         elif section.name == "chorus" and first_chorus is not None:
             if melody_backend is not None and (n + ext) / rate <= melody_backend.max_duration_s:
-                ops.append(_Op(k, "melody", _call_steps((n + ext) / rate)))
+                ops.append(_Op(k, "melody", tokens_for((n + ext) / rate)))
             else:
                 chorus_n = bounds[first_chorus + 1] - bounds[first_chorus]
                 extra = n - chorus_n
@@ -389,7 +384,7 @@ def compose_song(
             if head == add:
                 return song
             add -= head
-            report = reporter(offset + _call_steps(head / rate))
+            report = reporter(offset + tokens_for(head / rate))
         try:
             piece = continue_audio(backend, Audio(song[None, :], rate), text, add / rate, seed=section_seed + 1,
                                    sampling=sampling, progress=report, should_stop=should_stop)[0]

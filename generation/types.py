@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 MAX_VARIATIONS = 4
+FRAME_RATE = 50  # MusicGen's EnCodec at 32 kHz: 640 samples a frame
+DELAY_STEPS = 3  # the delay pattern of 4 codebooks costs 3 extra steps
+
+
+def tokens_for(duration_s: float) -> int:
+    """MusicGen's model steps (new tokens) for an exact duration: 50 per second, plus the delay pattern's 3."""
+    return math.ceil(round(duration_s * FRAME_RATE, 6)) + DELAY_STEPS
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import pytest
 
 from generation.backend import ModelLoadError
 from generation.continuation import ContinuationError, continue_audio, plan_windows
-from generation.musicgen import MusicGenBackend, tokens_for
-from generation.types import GenerationRequest, SamplingParams
+from generation.musicgen import MusicGenBackend
+from generation.types import GenerationRequest, SamplingParams, tokens_for
 
 
 def test_tokens_for_exact_durations():

@@ -14,9 +14,9 @@ from generation.backend import ModelLoadError
 from generation.jobs import Job, JobKind, Operation
 from generation.melody import MelodyBackend, chroma_from_audio, loop_chroma, melody_backend
 from generation.models import ModelRegistry
-from generation.musicgen import MusicGenBackend, tokens_for
+from generation.musicgen import MusicGenBackend
 from generation.runner import JobRunner
-from generation.types import Audio, GenerationRequest, SamplingParams
+from generation.types import Audio, GenerationRequest, SamplingParams, tokens_for
 from storage.files import FileStore
 
 ROOT = Path(__file__).resolve().parent.parent
