@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import c2pa
-from mutagen.id3 import ID3, ID3NoHeaderError
+from mutagen.id3 import ID3
 
 from generation import __version__
 from generation.audio_format import WAV, audio_format
@@ -136,7 +136,7 @@ def embedded_manifest_bytes(path: Path | str) -> int:
     """Size of the C2PA manifest store in `path`'s ID3 tag (MP3 and FLAC keep it there); 0 without one."""
     try:
         tags = ID3(path)
-    except (ID3NoHeaderError, OSError, Exception):  # mutagen raises several kinds on non-ID3 files
+    except Exception:  # mutagen raises several kinds (ID3NoHeaderError, MutagenError, OSError) on non-ID3 files
         return 0
     return sum(len(frame.data) for frame in tags.getall("GEOB") if frame.mime == "application/c2pa")
 
@@ -147,7 +147,8 @@ def headroom_bytes(credential: Credential) -> int:
     Parents' manifests are embedded in the child (that is what makes the lineage verifiable), so a long chain of
     continuations grows by each ancestor's manifest.
     """
-    return BASE_MANIFEST_HEADROOM_BYTES + sum(embedded_manifest_bytes(p) + INGREDIENT_HEADROOM_BYTES for p in credential.parent_files)
+    parents = sum(embedded_manifest_bytes(p) + INGREDIENT_HEADROOM_BYTES for p in credential.parent_files)
+    return BASE_MANIFEST_HEADROOM_BYTES + parents
 
 
 class ContentCredentials:
@@ -240,7 +241,8 @@ class ContentCredentials:
         return SignedFile(path=path, bytes_added=added)
 
     def _sign_into(self, manifest: dict, parents: tuple[Path, ...], fmt: str, source: Path, out) -> None:
-        relationship = "componentOf" if manifest["assertions"][1]["data"]["operation"] in _CONTAINS_PARENT else "inputTo"
+        operation = manifest["assertions"][1]["data"]["operation"]
+        relationship = "componentOf" if operation in _CONTAINS_PARENT else "inputTo"
         builder = c2pa.Builder.from_json(manifest, self._context)
         with builder:
             for parent in parents:

@@ -84,6 +84,33 @@ class VerificationReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
 
+    @property
+    def exit_code(self) -> int:
+        """`bot.py verify`'s contract: 0 for a trusted file, 1 for anything else."""
+        return 0 if self.trusted else 1
+
+    def lines(self) -> list[str]:
+        """The answer for people (`/verify`, `bot.py verify` without --json): the verdict, then what is known."""
+        out = [self.message]
+        if self.signed or self.altered:
+            model = f"{self.model} ({self.model_license})" if self.model and self.model_license else self.model
+            signer = f"{self.signer}, issued by {self.issuer}" if self.signer and self.issuer else self.signer
+            facts = [("Track", self.track_id), ("Model", model), ("Operation", self.operation),
+                     ("Created", self.created), ("Software", self.software), ("Signer", signer)]  # fmt: skip
+            out += [f"{name}: {value}" for name, value in facts if value]
+            if self.lineage:
+                out.append("Lineage: " + " <- ".join([self.track_id or "this file", *self.lineage]))
+        if self.watermark is not None:
+            mark = self.watermark
+            if not mark.checked:
+                out.append(f"Watermark: not checked ({mark.error})")
+            elif mark.detected:
+                whose = "this server's" if mark.matches_server else f"another server's (message {mark.message})"
+                out.append(f"Watermark: found, {whose}")
+            else:
+                out.append("Watermark: none found")
+        return out
+
 
 def reader_settings(trust_anchors_pem: bytes) -> dict[str, Any]:
     """c2pa settings: only these anchors count, and nothing is fetched over the network."""
@@ -228,7 +255,8 @@ def verify_file(
     if info.st_size > max_bytes:
         return _plain(
             CredentialStatus.TOO_LARGE,
-            f"The file is too large to check ({info.st_size / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB).",
+            f"The file is too large to check ({info.st_size / 2**20:.0f} MiB; "
+            f"the limit is {max_bytes / 2**20:.0f} MiB).",
         )
     try:
         fmt = audio_format(path)

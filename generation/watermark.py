@@ -17,6 +17,7 @@ would otherwise compile on the first call (~10 s) and again for every new track 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,7 +101,12 @@ def _load_checkpoint(path: Path) -> dict:
 def _build(kind: str, path: Path) -> Any:
     """The audioseal model of `kind` from the checkpoint at `path`, configured like audioseal.AudioSeal.parse_model."""
     from audioseal.builder import AudioSealDetectorConfig, AudioSealWMConfig, create_detector, create_generator
-    from audioseal.loader import AudioSeal, convert_state_dict_for_scriptable_model, load_local_model_config, load_state_dict
+    from audioseal.loader import (
+        AudioSeal,
+        convert_state_dict_for_scriptable_model,
+        load_local_model_config,
+        load_state_dict,
+    )
     from omegaconf import OmegaConf
 
     card, config_type, create = {
@@ -143,10 +149,8 @@ def load_watermarker(weights_dir: Path | str, *, server_name: str, device: str =
             f"BANDMATE_WATERMARK=audioseal needs the AudioSeal weights, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing from {weights_dir}: {DOWNLOAD_HINT}"
         )
-    try:
-        import audioseal  # noqa: F401
-    except ImportError:
-        raise WatermarkError("BANDMATE_WATERMARK=audioseal needs the audioseal package: pip install audioseal") from None
+    if importlib.util.find_spec("audioseal") is None:
+        raise WatermarkError("BANDMATE_WATERMARK=audioseal needs the audioseal package (pip install audioseal)")
     generator = _build("generator", weights_dir / GENERATOR_FILE).to(device)
     detector = _build("detector", weights_dir / DETECTOR_FILE).to(device)
     return AudioSealWatermarker(generator, detector, message=server_message(server_name), device=device)

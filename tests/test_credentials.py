@@ -28,7 +28,15 @@ from generation.credentials import (
     headroom_bytes,
     verify_with_key_dir,
 )
-from generation.postprocess import Provenance, add_chapters, encode_mp3, read_provenance, render_track, tag_mp3, write_atomic
+from generation.postprocess import (
+    Provenance,
+    add_chapters,
+    encode_mp3,
+    read_provenance,
+    render_track,
+    tag_mp3,
+    write_atomic,
+)
 from generation.signing_keys import CA_KEY_FILE, SIGNER_KEY_FILE, KEY_FILE_MODE, SigningKeyError, load_or_create_chain
 from generation.types import Audio
 from generation.verification import MAX_VERIFY_BYTES, CredentialStatus
@@ -150,6 +158,7 @@ def test_lineage_is_a_chain_of_signed_ingredients(creds, tmp_path) -> None:
     c_signed = creds.sign(c, cred_c, include_prompt=False)
     report = creds.verify(c)
     assert report.trusted and report.parents == ["trk_b"] and report.lineage == ["trk_b", "trk_a"]
+    assert "Lineage: trk_c <- trk_b <- trk_a" in report.lines()
     # The parents' manifests travel inside the child, and the headroom estimate covers them.
     assert c_signed.bytes_added > b_signed.bytes_added and c_signed.bytes_added <= room
     # Two parents at once (a song from two takes): both are listed, in order.
@@ -206,6 +215,11 @@ def test_json_report_keeps_the_contract(creds, rendered) -> None:
     data = json.loads(creds.verify(rendered.mp3).to_json())
     assert CONTRACT_KEYS <= set(data)
     assert data["trusted"] is True and data["watermark"] is None and data["status"] == "trusted"
+    report = creds.verify(rendered.mp3)
+    assert report.exit_code == 0 and report.lines()[0].startswith("Made by this server's Bandmate")
+    assert f"Model: {MODEL} ({LICENSE})" in report.lines() and "Track: trk_parent" in report.lines()
+    unsigned = creds.verify(plain_mp3(rendered.mp3.parent / "unsigned.mp3"))
+    assert unsigned.exit_code == 1 and unsigned.lines() == ["This file has no Content Credentials."]
 
 
 # --- changes after signing ---------------------------------------------------------------------------------------
@@ -349,7 +363,8 @@ def test_hostile_corpus_gets_clear_answers(creds, tmp_path) -> None:
         "image.mp3": (b"\x89PNG\r\n\x1a\n" + bytes(2000), CredentialStatus.NOT_AUDIO),
         "empty.mp3": (b"", CredentialStatus.NOT_AUDIO),
         "cut-inside-manifest.mp3": (data[: manifest_end // 2], CredentialStatus.NOT_AUDIO),
-        "truncated-manifest.mp3": (data[: manifest_end // 2] + data[manifest_end // 2 + 500 :], CredentialStatus.INVALID),
+        "truncated-manifest.mp3": (data[: manifest_end // 2] + data[manifest_end // 2 + 500 :],
+                                   CredentialStatus.INVALID),
         "truncated-audio.mp3": (data[: len(data) - 5000], CredentialStatus.ALTERED),
         "unsigned.mp3": (encode_mp3(sine(1.0), SR), CredentialStatus.NO_CREDENTIALS),
     }
