@@ -35,8 +35,10 @@ from generation.verification import (
     TRACK_ASSERTION,
     VerificationReport,
     WatermarkDetector,
+    detect_watermark,
     reader_settings,
     verify_file,
+    with_watermark,
 )
 
 log = logging.getLogger(__name__)
@@ -259,10 +261,13 @@ class ContentCredentials:
                     raise CredentialError(f"signing {source.name} failed: {exc}") from None
 
     def verify(self, path: Path | str, *, watermark: WatermarkDetector | None = None) -> VerificationReport:
-        """What `path`'s credentials say, with this server's chain as the trusted one. Never raises for bad input."""
+        """What `path`'s credentials say, with this server's chain as the trusted one. Never raises for bad input.
+
+        One c2pa check at a time (memory); the watermark, which may take seconds, is detected outside the lock.
+        """
         with self._lock:
-            return verify_file(path, self.trust_anchors_pem, max_bytes=self.max_verify_bytes, watermark=watermark,
-                               context=self._context)  # fmt: skip
+            report = verify_file(path, self.trust_anchors_pem, max_bytes=self.max_verify_bytes, context=self._context)
+        return with_watermark(report, detect_watermark(watermark, Path(path))) if watermark is not None else report
 
     def close(self) -> None:
         self._context.close()

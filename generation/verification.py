@@ -13,7 +13,7 @@ import json
 import logging
 import stat
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -265,17 +265,28 @@ def verify_file(
     if fmt is None:
         return _plain(CredentialStatus.NOT_AUDIO, "This is not an audio file Bandmate can check (MP3, FLAC, WAV, M4A).")
 
-    mark = _detect_watermark(watermark, path)
     own = context is None
     ctx = context if context is not None else c2pa.Context.from_dict(reader_settings(trust_anchors_pem))
     try:
-        return _verify_stream(path, fmt, ctx, trust_anchors_pem, mark)
+        report = _verify_stream(path, fmt, ctx, trust_anchors_pem)
     finally:
         if own:
             ctx.close()
+    return with_watermark(report, detect_watermark(watermark, path)) if watermark is not None else report
 
 
-def _detect_watermark(detector: WatermarkDetector | None, path: Path) -> "WatermarkReport | None":
+def with_watermark(report: VerificationReport, mark: "WatermarkReport | None") -> VerificationReport:
+    """`report` with the watermark verdict added (and said in the message when there are no credentials)."""
+    if mark is None or report.format is None:  # not audio, too large or unreadable: nothing was decoded
+        return report
+    message = report.message
+    if report.status is CredentialStatus.NO_CREDENTIALS and mark.detected:
+        whose = "this server's" if mark.matches_server else "an AudioSeal"
+        message = f"This file has no Content Credentials, but it carries {whose} watermark."
+    return replace(report, watermark=mark, message=message)
+
+
+def detect_watermark(detector: WatermarkDetector | None, path: Path) -> "WatermarkReport | None":
     if detector is None:
         return None
     try:
@@ -287,12 +298,7 @@ def _detect_watermark(detector: WatermarkDetector | None, path: Path) -> "Waterm
         return WatermarkReport(checked=False, detected=False, error=f"could not decode the audio: {exc}")
 
 
-def _verify_stream(
-    path: Path, fmt: str, ctx: c2pa.Context, trust_anchors_pem: bytes, mark: "WatermarkReport | None"
-) -> VerificationReport:
-    no_credentials = "This file has no Content Credentials."
-    if mark is not None and mark.detected:
-        no_credentials = "This file has no Content Credentials, but it carries this server's watermark."
+def _verify_stream(path: Path, fmt: str, ctx: c2pa.Context, trust_anchors_pem: bytes) -> VerificationReport:
     try:
         with open(path, "rb") as handle, c2pa.Reader(fmt, handle, context=ctx) as reader:
             store = json.loads(reader.json())
@@ -300,14 +306,14 @@ def _verify_stream(
             results = reader.get_validation_results()
             issuer = _leaf_issuer(reader)
     except c2pa.C2paError.ManifestNotFound:
-        return _plain(CredentialStatus.NO_CREDENTIALS, no_credentials, fmt, watermark=mark)
+        return _plain(CredentialStatus.NO_CREDENTIALS, "This file has no Content Credentials.", fmt)
     except c2pa.C2paError as exc:
         kind = type(exc).__name__.lstrip("_").removeprefix("C2pa") or "Error"
         log.info("unreadable credentials in %s: %s", path.name, kind)
         return _plain(CredentialStatus.INVALID, _summary(CredentialStatus.INVALID, None, None, None, None), fmt,
-                      problems=[kind], watermark=mark)  # fmt: skip
+                      problems=[kind])  # fmt: skip
     except (OSError, ValueError) as exc:
-        return _plain(CredentialStatus.UNREADABLE, f"The file cannot be read ({exc}).", fmt, watermark=mark)
+        return _plain(CredentialStatus.UNREADABLE, f"The file cannot be read ({exc}).", fmt)
 
     manifests = store.get("manifests") if isinstance(store.get("manifests"), dict) else {}
     active = manifests.get(store.get("active_manifest")) or {}
@@ -357,5 +363,4 @@ def _verify_stream(
         prompt=_str(track.get("prompt")),
         format=fmt,
         problems=failures,
-        watermark=mark,
     )

@@ -283,6 +283,29 @@ def test_key_files_are_private_and_the_chain_is_stable(creds, keys_dir) -> None:
     assert "key_path" not in repr(again) and "PRIVATE" not in repr(again)
 
 
+def test_a_renewed_signer_keeps_old_files_trusted(tmp_path, monkeypatch) -> None:
+    """Near expiry the end-entity certificate is re-issued by the same CA, so earlier files stay this server's."""
+    import generation.signing_keys as signing_keys
+
+    monkeypatch.setattr(signing_keys, "SIGNER_VALIDITY", datetime.timedelta(days=10))  # always inside RENEW_BEFORE
+    first = ContentCredentials(tmp_path / "k")
+    old = first.sign(plain_mp3(tmp_path / "old.mp3"), credential("old"), include_prompt=False).path
+    second = ContentCredentials(tmp_path / "k")
+    assert second.chain.chain_pem != first.chain.chain_pem
+    assert second.chain.trust_anchor_pem == first.chain.trust_anchor_pem
+    new = second.sign(plain_mp3(tmp_path / "new.mp3"), credential("new"), include_prompt=False).path
+    assert second.verify(old).trusted and second.verify(new).trusted
+
+
+def test_wav_is_signed_too(creds, tmp_path) -> None:
+    from generation.postprocess import write_wav_float
+
+    path = write_wav_float(sine(0.5), SR, tmp_path / "a.wav")
+    creds.sign(path, credential("w"), include_prompt=False)
+    report = creds.verify(path)
+    assert report.trusted and report.format == "audio/wav"
+
+
 def test_loose_key_mode_is_tightened(tmp_path) -> None:
     load_or_create_chain(tmp_path / "k")
     os.chmod(tmp_path / "k" / SIGNER_KEY_FILE, 0o644)

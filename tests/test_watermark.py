@@ -139,6 +139,11 @@ def test_verify_reports_the_watermark_even_without_credentials(always_yes, tmp_p
     report = creds.verify(stripped, watermark=always_yes)
     assert report.status is CredentialStatus.NO_CREDENTIALS and report.watermark.detected
     assert "watermark" in report.message and "Watermark: found, this server's" in report.lines()
+    # Another server's mark is recognised as a watermark, but not as this server's.
+    elsewhere = AudioSealWatermarker(always_yes.generator, always_yes.detector, message=server_message("elsewhere"))
+    foreign = creds.verify(stripped, watermark=elsewhere)
+    assert foreign.watermark.detected and foreign.watermark.matches_server is False
+    assert "an AudioSeal watermark" in foreign.message and "this server" not in foreign.message
     # A file the decoder cannot read still gets its credentials answer, with the watermark error beside it.
     m4a = tmp_path / "fake.m4a"
     m4a.write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x00\x00" + bytes(64))
