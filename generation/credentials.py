@@ -51,6 +51,7 @@ _CONTAINS_PARENT = frozenset({"continue", "extend", "replace", "song"})
 BASE_MANIFEST_HEADROOM_BYTES = 8 * 1024
 INGREDIENT_HEADROOM_BYTES = 4 * 1024  # the ingredient assertion that points at a parent's manifest
 PROMPT_MAX_CHARS = 2000
+KEY_DIR_NAME = "c2pa"  # the signing chain's folder under the data directory (backups carry it; exports never)
 
 
 class CredentialError(RuntimeError):
@@ -267,7 +268,9 @@ class ContentCredentials:
         """
         with self._lock:
             report = verify_file(path, self.trust_anchors_pem, max_bytes=self.max_verify_bytes, context=self._context)
-        return with_watermark(report, detect_watermark(watermark, Path(path))) if watermark is not None else report
+        if watermark is None or report.format is None:  # nothing to decode: not audio, too large, unreadable
+            return report
+        return with_watermark(report, detect_watermark(watermark, Path(path)))
 
     def close(self) -> None:
         self._context.close()

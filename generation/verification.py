@@ -272,7 +272,9 @@ def verify_file(
     finally:
         if own:
             ctx.close()
-    return with_watermark(report, detect_watermark(watermark, path)) if watermark is not None else report
+    if watermark is None or report.format is None:
+        return report
+    return with_watermark(report, detect_watermark(watermark, path))
 
 
 def with_watermark(report: VerificationReport, mark: "WatermarkReport | None") -> VerificationReport:
@@ -287,6 +289,10 @@ def with_watermark(report: VerificationReport, mark: "WatermarkReport | None") -
 
 
 def detect_watermark(detector: WatermarkDetector | None, path: Path) -> "WatermarkReport | None":
+    """The detector's verdict on `path` (None without a detector); a decoding failure becomes an unchecked report.
+
+    Call it only for files that passed the size and format checks (`report.format` is set).
+    """
     if detector is None:
         return None
     try:

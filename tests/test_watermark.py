@@ -144,6 +144,10 @@ def test_verify_reports_the_watermark_even_without_credentials(always_yes, tmp_p
     foreign = creds.verify(stripped, watermark=elsewhere)
     assert foreign.watermark.detected and foreign.watermark.matches_server is False
     assert "an AudioSeal watermark" in foreign.message and "this server" not in foreign.message
+    # Files refused before decoding (not audio) are never handed to the decoder.
+    text = tmp_path / "notes.mp3"
+    text.write_text("not audio")
+    assert creds.verify(text, watermark=always_yes).watermark is None
     # A file the decoder cannot read still gets its credentials answer, with the watermark error beside it.
     m4a = tmp_path / "fake.m4a"
     m4a.write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x00\x00" + bytes(64))
