@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,18 @@ def test_fixture_loads_through_the_package_builders(marker) -> None:
     assert marker.detector.nbits == NBITS and marker.generator.msg_processor.nbits == NBITS
     assert weights_present(TINY)
     assert sum(f.stat().st_size for f in TINY.iterdir()) < 200_000  # small enough for the repository
+
+
+def test_committed_fixture_is_what_its_build_script_makes(tmp_path) -> None:
+    sys.path.insert(0, str(TINY.parent))
+    from build_tiny_audioseal import build
+
+    build(tmp_path)
+    for name in (GENERATOR_FILE, DETECTOR_FILE):
+        built = torch.load(tmp_path / name, weights_only=True)
+        committed = torch.load(TINY / name, weights_only=True)
+        assert built["xp.cfg"] == committed["xp.cfg"] and built["model"].keys() == committed["model"].keys()
+        assert all(torch.equal(built["model"][k], committed["model"][k]) for k in built["model"])
 
 
 @pytest.mark.parametrize("rate", [32000, 44100, 48000])
