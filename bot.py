@@ -4,7 +4,8 @@
     python bot.py                      the Discord bot (DISCORD_TOKEN set) or else the console
     python bot.py compose "PROMPT" --duration 8 --variations 2 --seed 1 --out out/ [--json]
     python bot.py continue FILE --prompt "..." --duration 10 --out out/ [--json]
-    python bot.py doctor | download [MODEL] | backup PATH | restore BACKUP | worker | console
+    python bot.py doctor | download [MODEL|audioseal] | backup PATH | restore BACKUP | worker | console
+    python bot.py verify FILE [--json]     exit 0 when this server's Bandmate made the file, unchanged; else 1
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("path")
     restore = sub.add_parser("restore", help="restore a backup into the data directory (bot stopped)")
     restore.add_argument("path")
+    verify = sub.add_parser("verify", help="what a file's Content Credentials say (exit 0: trusted)")
+    verify.add_argument("file")
+    verify.add_argument("--json", action="store_true", help="one JSON object (signed, trusted, altered, ...)")
     sub.add_parser("console", help="the bot in this terminal")
     sub.add_parser("discord", help="the Discord bot")
     sub.add_parser("worker", help="a GPU worker taking jobs from Redis")
@@ -75,6 +79,8 @@ def dispatch(settings, args) -> int:
               "worker": commands.worker, None: commands.run}
     if args.command in simple:
         return simple[args.command](settings)
+    if args.command == "verify":
+        return commands.verify(settings, Path(args.file).expanduser(), as_json=args.json)
     if args.command == "download":
         return commands.download(settings, args.model)
     return {"backup": commands.backup, "restore": commands.restore}[args.command](settings, args.path)
@@ -96,12 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     from app.commands import setup_logging
+    from app.services import StartupError
     from generation.backend import ModelLoadError
 
     setup_logging(settings.log_level)
     try:
         return dispatch(settings, args)
     except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

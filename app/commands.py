@@ -222,6 +222,9 @@ def doctor(settings: Settings) -> int:
 def download(settings: Settings, model: str | None) -> int:
     from generation.hub import hub_endpoint, probe_hub
 
+    if model == "audioseal":
+        return download_audioseal(settings)
+
     models = [model] if model else list(dict.fromkeys((settings.model, *settings.extra_models,
                                                         settings.melody_model)))
     for model_id in models:
@@ -260,3 +263,47 @@ def restore(settings: Settings, path: str) -> int:
     restore_backup(Path(path), settings.data_dir)
     print(f"restored {path} into {settings.data_dir}")
     return 0
+
+
+# -- Content Credentials ----------------------------------------------------------------------------------------
+
+
+def download_audioseal(settings: Settings) -> int:
+    """The AudioSeal weights for BANDMATE_WATERMARK=audioseal, into the data directory."""
+    from generation.watermark import WatermarkError, download_weights
+
+    try:
+        path = download_weights(settings.watermark_dir)
+    except WatermarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"ok: AudioSeal weights -> {path}")
+    return 0
+
+
+def verify(settings: Settings, path: Path, *, as_json: bool) -> int:
+    """`bot.py verify FILE [--json]`: checked against this server's chain without making one or loading a model.
+    Exit 0 for a file this server's Bandmate made and nobody changed since, 1 for anything else (the contract)."""
+    from generation.credentials import verify_with_key_dir
+    from generation.signing_keys import SigningKeyError, load_trust_anchors
+
+    watermark = None
+    if settings.watermark == "audioseal":
+        from app.services import watermark_name
+        from generation.watermark import WatermarkError, load_watermarker
+
+        try:
+            anchors = load_trust_anchors(settings.key_dir, settings.c2pa_cert)
+            watermark = load_watermarker(settings.watermark_dir, server_name=watermark_name(anchors))
+        except (WatermarkError, SigningKeyError) as error:
+            print(f"warning: the watermark is not checked: {error}", file=sys.stderr)
+    try:
+        report = verify_with_key_dir(path, settings.key_dir, cert_path=settings.c2pa_cert, watermark=watermark)
+    except SigningKeyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(report.to_json())
+    else:
+        print("\n".join(report.lines()))
+    return report.exit_code

@@ -17,12 +17,14 @@ from bot.fingerprint import Fingerprints
 from bot.guild_settings import BotLimits, ServerSettings
 from bot.housekeeping import Housekeeping
 from bot.planner import CoreConfig, Planner
+from bot.verify import CredentialService
 from bot.presets import PresetService
 from bot.privacy import PrivacyService
 from generation.local_executor import LocalExecutor
 from generation.models import ModelRegistry, model_info
 from generation.runner import JobRunner
 from generation.scheduler import Scheduler, SchedulerConfig
+from generation.track_signing import TrackSigner
 from storage.database import Database
 from storage.files import FileStore
 from storage.jobstore import ConversationLinks, Leaderboard, SqliteJobStore
@@ -56,10 +58,54 @@ def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
     return config
 
 
+class StartupError(RuntimeError):
+    """A setting cannot be used at start (a signing certificate, the watermark's weights); says what to do."""
+
+
+def build_credentials(settings: Settings):
+    """Content Credentials: the operator's certificate, or this server's own chain under the data directory (made on
+    first run, keys 0600). Signs a probe now so a bad certificate fails at start, not on the first track."""
+    from generation.credentials import ContentCredentials, CredentialError
+    from generation.signing_keys import SigningKeyError
+
+    try:
+        credentials = ContentCredentials(settings.key_dir, cert_path=settings.c2pa_cert, key_path=settings.c2pa_key)
+        credentials.check()
+    except (SigningKeyError, CredentialError) as error:
+        raise StartupError(f"Content Credentials: {error}") from None
+    return credentials
+
+
+def watermark_name(trust_anchor_pem: bytes) -> str:
+    """What the watermark's 16-bit message names: this server's signing CA (the bot and `bot.py verify` agree)."""
+    import hashlib
+
+    return hashlib.sha256(trust_anchor_pem).hexdigest()
+
+
+def build_watermark(settings: Settings, credentials):
+    """BANDMATE_WATERMARK=audioseal: the watermarker, its message naming this server (from its signing CA), or a
+    StartupError saying to run `python bot.py download audioseal`. None when off."""
+    if settings.watermark != "audioseal":
+        return None
+    from generation.watermark import WatermarkError, load_watermarker
+
+    try:
+        return load_watermarker(settings.watermark_dir, server_name=watermark_name(credentials.chain.trust_anchor_pem))
+    except WatermarkError as error:
+        raise StartupError(str(error)) from None
+
+
 class Application:
     def __init__(self, settings: Settings, *, operator: bool = False) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials = build_credentials(settings)  # first: a bad certificate or missing weights fail here
+        try:
+            self.watermark = build_watermark(settings, self.credentials)
+        except BaseException:
+            self.credentials.close()
+            raise
         self.db = Database(settings.db_path)
         self.files = FileStore(settings.data_dir)
         self.store = SqliteJobStore(self.db)
@@ -68,12 +114,15 @@ class Application:
         self.settings_store = SettingsStore(self.db)
         self.privacy_store = PrivacyStore(self.db, self.files)
         self.models = build_models(settings)
+        self.signer = TrackSigner(self.credentials, self.files)
         if settings.redis_url:  # [redis scale-out] workers run the model; this process keeps the fair queue
             from generation.remote import RedisExecutor
 
             self.executor = RedisExecutor.from_settings(settings, self.files, self.store)
+            self.executor.signer = self.signer  # results are signed on receipt (the key stays on this machine)
         else:
-            self.executor = LocalExecutor(JobRunner(self.models, self.files))
+            self.executor = LocalExecutor(JobRunner(self.models, self.files, signer=self.signer,
+                                                    watermark=self.watermark))
         self.scheduler = Scheduler(
             self.store, self.executor,
             SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,
@@ -92,7 +141,10 @@ class Application:
                              files=self.files, leaderboard=self.leaderboard, fingerprints=fingerprints,
                              presets=presets, server_settings=server_settings,
                              privacy=PrivacyService(self.privacy_store, scheduler=self.scheduler),
-                             voting_window_s=settings.voting_window_s)
+                             voting_window_s=settings.voting_window_s,
+                             credentials=CredentialService(self.credentials, self.signer, self.store,
+                                                           watermark=self.watermark,
+                                                           max_bytes=config.max_upload_bytes))
         self.housekeeping = Housekeeping(
             leaderboard=self.leaderboard, server_settings=server_settings, privacy_store=self.privacy_store,
             announce=self.core.announce_winner, voting_every_s=max(0.5, min(15.0, settings.voting_window_s / 4)))
@@ -128,6 +180,7 @@ class Application:
         await self.housekeeping.stop()
         await self.scheduler.stop(grace_s)
         self.db.close()
+        self.credentials.close()
 
     async def __aenter__(self) -> "Application":
         try:

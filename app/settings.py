@@ -49,6 +49,11 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -81,6 +86,9 @@ class Settings:
     redis_heartbeat_s: float = 10.0
     redis_max_deliveries: int = 3
     log_level: str = "INFO"
+    c2pa_cert: Path | None = None  # the operator's C2PA certificate chain (PEM); None: the bot's own chain
+    c2pa_key: Path | None = field(default=None, repr=False)
+    watermark: str = "off"  # off | audioseal
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -118,8 +126,21 @@ class Settings:
             redis_heartbeat_s=_float(env, "BANDMATE_REDIS_HEARTBEAT_S", 10.0, 0.01, 3600.0),
             redis_max_deliveries=_int(env, "BANDMATE_REDIS_MAX_DELIVERIES", 3, 1, 100),
             log_level=_choice(env, "BANDMATE_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+            c2pa_cert=_path(env, "BANDMATE_C2PA_CERT"),
+            c2pa_key=_path(env, "BANDMATE_C2PA_KEY"),
+            watermark=_choice(env, "BANDMATE_WATERMARK", "off", ("off", "audioseal")),
         )
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "bandmate.db"
+
+    @property
+    def key_dir(self) -> Path:
+        """The Content Credentials signing chain (generation/credentials.py KEY_DIR_NAME)."""
+        return self.data_dir / "c2pa"
+
+    @property
+    def watermark_dir(self) -> Path:
+        """Where `bot.py download audioseal` puts the AudioSeal weights."""
+        return self.data_dir / "models" / "audioseal"

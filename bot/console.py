@@ -167,6 +167,8 @@ async def handle_line(core: Bandmate, line: str) -> str | None:
             track = await core.track(args[0])
             message = await core.track_message(args[0])
             return f"{track.duration_s:.1f} s · seed {track.seed}\n" + "\n".join(f"  {f.path}" for f in message.files)
+        if command == "verify" and args:
+            return await core.verify_path(Path(" ".join(args)).expanduser())
         if command == "help":
             return core.help_text()
         if command in ("quit", "exit"):

@@ -92,7 +92,7 @@ class _Sink:
 class Bandmate:
     def __init__(self, *, planner: Planner, scheduler, store, links, files, leaderboard=None, fingerprints=None,
                  presets=None, server_settings=None, privacy=None, voting_window_s: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, credentials=None) -> None:
         self.planner = planner
         self.config: CoreConfig = planner.config
         self.scheduler = scheduler
@@ -106,6 +106,7 @@ class Bandmate:
         self.privacy = privacy
         self.voting_window_s = voting_window_s
         self.clock = clock
+        self.credentials = credentials  # bot/verify.py CredentialService: /verify and re-signing refit copies
         self._transports: dict[str, Transport] = {}
         self._unlisten: list[Callable[[], None]] = []
 
@@ -298,13 +299,39 @@ class Bandmate:
 
     async def fit_files(self, items: list[FileItem], limit: int) -> FittedFiles:
         """A result's files within `limit` bytes a message, re-encoded from the masters where needed."""
-        flacs = {}
+        flacs, tracks = {}, {}
         for item in items:
             if item.track_id:
                 track = await self.store.get_track(item.track_id)
                 if track is not None:
                     flacs[item.track_id] = self.files.absolute(track.flac)
-        return await asyncio.to_thread(fit_files, items, limit, flacs)
+                    tracks[item.track_id] = (track, await self.store.get_job(track.job_id) if track.job_id else None)
+        resign = headroom = None
+        if self.credentials is not None:  # a refit copy is a new encoding: it is signed again, within the limit
+            def resign(track_id, path):
+                self.credentials.resign(*tracks[track_id], path)
+
+            def headroom(track_id):
+                return self.credentials.headroom(tracks[track_id][0])
+        return await asyncio.to_thread(fit_files, items, limit, flacs, resign=resign, headroom=headroom)
+
+    # -- Content Credentials (bot/verify.py) ----------------------------------------------------------------
+
+    def check_verify_size(self, size: int) -> None:
+        """Before a transport downloads a file to verify: Refusal when it is too large (or empty)."""
+        self._verifier().check_size(size)
+
+    async def verify_upload(self, upload: Upload) -> str:
+        """What an uploaded file's Content Credentials say (markup; names nobody)."""
+        return await self._verifier().verify_upload(upload)
+
+    async def verify_path(self, path) -> str:
+        return await self._verifier().verify_path(path)
+
+    def _verifier(self):
+        if self.credentials is None:
+            raise Refusal("Content Credentials aren't set up on this bot.")
+        return self.credentials
 
     async def top(self, guild_id: str | None, period: str = "week") -> OutgoingMessage:
         """The guild's most voted tracks, with buttons to carry any of them on."""

@@ -129,6 +129,12 @@ def _check_bool(value: Any, limits: BotLimits) -> bool:
     return value
 
 
+def _check_manifest_prompt(value: Any, limits: BotLimits) -> bool:
+    if not isinstance(value, bool):
+        raise Refusal("Prompt in Content Credentials is yes or no.")
+    return value
+
+
 def _check_channels(value: Any, limits: BotLimits) -> list[str]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise Refusal("Channels must be a list.")
@@ -196,6 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
             lambda v: "all" if not v else f"{len(v)} chosen"),
     Setting("blocklist", (), "blocked words", _read_strings, _check_blocklist,
             lambda v: "none" if not v else f"{len(v)}"),
+    Setting("manifest_prompt", True, "prompt in Content Credentials", _read_bool, _check_manifest_prompt,
+            lambda v: "yes" if v else "no"),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -316,6 +316,8 @@ class Planner:
                     raise Refusal(f"That would make it {human_seconds(seconds + job.duration_s)} long; the limit "
                                   f"is {human_seconds(self.config.max_total_s)}.")
                 job.spec.source_s = seconds  # long continuations run window by window
+        if self.server_settings is not None and job.guild_id is not None:  # the server's Content Credentials choice
+            job.spec.manifest_prompt = bool((await self.server_settings.get(job.guild_id)).manifest_prompt)
         try:
             stored = await self.scheduler.submit(job)
         except QueueRefused as error:

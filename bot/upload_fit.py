@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from bot.messages import FileItem, FittedFiles
 from generation.fitting import refit_track
@@ -17,7 +18,11 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MULTIPART_SHARE = 0.97  # what is left of a limit after a multipart body's own overhead
 
 
-def fit_files(items: list[FileItem], limit: int, flac_for: dict[str, Path]) -> FittedFiles:
+def fit_files(items: list[FileItem], limit: int, flac_for: dict[str, Path], *,
+              resign: Callable[[str, Path], None] | None = None,
+              headroom: Callable[[str], int] | None = None) -> FittedFiles:
+    """resign(track_id, path): sign a re-encoded copy again (Content Credentials), as the last change to it;
+    headroom(track_id): the bytes that signing adds, kept free under the limit."""
     limit = limit or DEFAULT_UPLOAD_LIMIT
     budget = int(limit * MULTIPART_SHARE)
     scratch = None
@@ -30,8 +35,11 @@ def fit_files(items: list[FileItem], limit: int, flac_for: dict[str, Path]) -> F
         scratch = tempfile.TemporaryDirectory(prefix="bandmate-fit-")
         for item in mp3s:
             out = Path(scratch.name) / item.path.name
-            fitted = refit_track(item.path, flac_for[item.track_id], share, out) \
-                or refit_track(item.path, flac_for[item.track_id], budget, out)
+            room = headroom(item.track_id) if headroom is not None else 0
+            fitted = refit_track(item.path, flac_for[item.track_id], share - room, out) \
+                or refit_track(item.path, flac_for[item.track_id], budget - room, out)
+            if fitted is not None and fitted != item.path and resign is not None:
+                resign(item.track_id, fitted)
             if fitted is not None:
                 paths[item.path] = fitted
                 sizes[item.path] = fitted.stat().st_size

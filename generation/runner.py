@@ -49,10 +49,27 @@ def load_master(path: Path, sample_rate: int) -> Audio:
     return Audio(np.ascontiguousarray(data.T), sample_rate)
 
 
+class TrackSigning(Protocol):
+    """Content Credentials for rendered files (generation/track_signing.py TrackSigner)."""
+
+    def sign_tracks(self, job: Job, tracks: list[TrackRecord]) -> None: ...
+
+
+class Watermarking(Protocol):
+    """The optional watermark (generation/watermark.py AudioSealWatermarker)."""
+
+    def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray: ...
+
+
 class JobRunner:
-    def __init__(self, backend_for: Callable[[str], Backend], media: MediaStore) -> None:
+    def __init__(self, backend_for: Callable[[str], Backend], media: MediaStore, *,
+                 signer: TrackSigning | None = None, watermark: Watermarking | None = None) -> None:
+        """signer: signs every rendered MP3 and FLAC last, after tags and chapters. watermark: embedded into each
+        finished job's audio in the model thread (torch work stays on one thread), before any encoding."""
         self.backend_for = backend_for
         self.media = media
+        self.signer = signer
+        self.watermark = watermark
 
     def generate(
         self,
@@ -62,6 +79,22 @@ class JobRunner:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, list[Audio]]:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
+        audios = self._generate(jobs, progress=progress, should_stop=should_stop)
+        if self.watermark is None:
+            return audios
+        for job in jobs:  # a chain's helper window is the next window's input, not a delivered file
+            if not chain.owner_of(job) and job.id in audios:
+                audios[job.id] = [Audio(self.watermark.embed(a.samples, a.sample_rate), a.sample_rate)
+                                  for a in audios[job.id]]
+        return audios
+
+    def _generate(
+        self,
+        jobs: list[Job],
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, list[Audio]]:
         if jobs[0].kind is JobKind.REMIX:  # --- REMIX: each job's input audio is its melody (generation/melody.py) ---
             return self._remix(jobs, progress, should_stop)
         backend = self.backend_for(jobs[0].model)
@@ -187,4 +220,6 @@ class JobRunner:
                 operation=job.operation, parent_track_id=job.parent_track_id, user_id=job.user_id,
                 guild_id=job.guild_id, channel_id=job.channel_id,
             ))
+        if self.signer is not None:  # last: the manifest covers the tags and chapters written above
+            self.signer.sign_tracks(job, tracks)
         return tracks

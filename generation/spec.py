@@ -49,6 +49,7 @@ class JobSpec:
     melody_model: str | None = None
     chain: ChainPlan | None = None
     window: WindowRef | None = None
+    manifest_prompt: bool = True  # the prompt may go into the file's Content Credentials (the server's setting)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -68,6 +69,8 @@ class JobSpec:
             out["window_of"], out["window"] = self.window.owner_id, self.window.index
             if self.window.output is not None:
                 out["output"] = self.window.output
+        if not self.manifest_prompt:
+            out["manifest_prompt"] = False
         return out
 
     @classmethod
@@ -100,6 +103,7 @@ class JobSpec:
         if data.get("window_of"):
             spec.window = WindowRef(owner_id=str(data["window_of"]), index=int(data.get("window") or 1),
                                     output=_string(data.get("output")))
+        spec.manifest_prompt = data.get("manifest_prompt") is not False
         return spec
 
     def files(self) -> list[str]:

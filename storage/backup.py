@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+# The Content Credentials signing chain (generation/credentials.py KEY_DIR_NAME): without it a restored server could
+# no longer tell its own files from anyone else's. Copied with its private modes (0700 folder, 0600 keys).
+KEYS_DIR = "c2pa"
 
 _REFERENCED_FILES_SQL = """
 SELECT mp3 FROM tracks WHERE deleted = 0
@@ -90,6 +93,26 @@ def _check_db(path: Path) -> tuple[str, int, list[str]]:
     return result, version, paths
 
 
+def _copy_keys(src: Path, dest: Path) -> None:
+    """The signing chain's files (certificates and keys, not the lock), each written privately then renamed."""
+    if not src.is_dir():
+        return
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(dest, 0o700)
+    for path in sorted(src.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        mode = 0o600 if path.suffix == ".key" else 0o644
+        part = dest / f".{path.name}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(path.read_bytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(part, mode)
+        os.replace(part, dest / path.name)
+
+
 def backup(
     db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str]
 ) -> BackupResult:
@@ -145,6 +168,7 @@ def backup(
             result.copied += 1
         result.files.append({"path": rel, "size": size})
 
+    _copy_keys(data_dir / KEYS_DIR, dest_dir / KEYS_DIR)
     body = {"format": FORMAT, "db": DB_FILENAME, **asdict(result)}
     del body["dest_dir"]
     tmp = dest_dir / (MANIFEST + ".part")
@@ -191,6 +215,7 @@ def restore(
     data_files = FileStore(data_dir)
     for entry in manifest["files"]:
         data_files.import_file(backup_files.absolute(str(entry["path"])), str(entry["path"]))
+    _copy_keys(backup_dir / KEYS_DIR, data_dir / KEYS_DIR)
 
     target_db.parent.mkdir(parents=True, exist_ok=True)
     part = target_db.with_name(target_db.name + ".part")

@@ -98,6 +98,7 @@ class RedisExecutor:
         self.retry_s = retry_s
         self.maintenance_s = maintenance_s
         self.on_capacity: Callable[[], None] = lambda: None
+        self.signer = None  # generation/track_signing.py TrackSigner: set by the application to sign results
         self.live_workers = 0
         self.redis = connect(url)
         self._inflight: dict[str, _Flight] = {}
@@ -137,9 +138,10 @@ class RedisExecutor:
     async def execute(self, jobs: list[Job], progress: Callable[[Progress], None],
                       should_stop: Callable[[], bool]) -> dict[str, list[TrackRecord]]:
         self._ensure_started()
-        if len(jobs) == 1:
-            return {jobs[0].id: await self._execute_one(jobs[0], progress, should_stop)}
         results = await asyncio.gather(*(self._execute_one(j, progress, should_stop) for j in jobs))
+        if self.signer is not None:  # signed on receipt: the key stays here, the parents' files are here
+            for job, tracks in zip(jobs, results):
+                await asyncio.to_thread(self.signer.sign_tracks, job, tracks)
         return {job.id: tracks for job, tracks in zip(jobs, results)}
 
     async def close(self) -> None:

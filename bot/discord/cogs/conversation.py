@@ -10,6 +10,7 @@ from discord.ext import commands
 from bot.core import Bandmate, Request, Requester
 from bot.discord.delivery import DiscordDelivery, StatusUpdater
 from bot.discord.render import NO_PINGS, render
+from bot.verify import is_verify_request
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class ConversationCog(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id:
             return
+        if is_verify_request(message.content):
+            return  # bot/discord/cogs/verify.py answers it
         job_id = await self.job_for(message)
         if job_id is None:
             return

@@ -117,6 +117,7 @@ class SettingsCog(commands.Cog):
         voting_window_minutes="How long after a result votes decide the winner",
         retention_days="Delete tracks after this many days (0 = keep forever)",
         allow_model_choice="Whether members may pick the model themselves",
+        manifest_prompt="Whether the prompt goes into each file's Content Credentials",
     )
     async def settings_set(
         self, interaction: discord.Interaction,
@@ -126,6 +127,7 @@ class SettingsCog(commands.Cog):
         voting_window_minutes: app_commands.Range[int, 1, 10_080] | None = None,
         retention_days: app_commands.Range[int, 0, 3650] | None = None,
         allow_model_choice: bool | None = None,
+        manifest_prompt: bool | None = None,
     ) -> None:
         """Change this server's settings; options you leave out stay as they are."""
         if not await self._admin(interaction):
@@ -143,6 +145,8 @@ class SettingsCog(commands.Cog):
             changes["retention_days"] = None if retention_days == 0 else retention_days
         if allow_model_choice is not None:
             changes["allow_model_choice"] = allow_model_choice
+        if manifest_prompt is not None:
+            changes["manifest_prompt"] = manifest_prompt
         await _answer(interaction, self.server.update_settings(requester(interaction), interaction.guild_id,
                                                                 **changes))
 
