@@ -144,6 +144,9 @@ class Bandmate:
         return await self.planner.plan_song(request, prompt, sections, seed=seed, chorus=chorus)
 
     async def submit(self, plan: Plan, upload: Upload | None = None) -> Job:
+        if upload is not None and plan.job is not None and not plan.job.parent_track_id and self.credentials:
+            # An upload this server's Bandmate made (remix or continue of a downloaded track) keeps its lineage.
+            plan.job.parent_track_id = await self.credentials.own_track_id(upload)
         return await self.planner.submit(plan, upload)
 
     # One call each, for transports that know the delivery up front (the console, the command line, tests).

@@ -98,6 +98,21 @@ class CredentialService:
         finally:
             os.unlink(name)
 
+    async def own_track_id(self, upload: Upload) -> str | None:
+        """The track id of an upload this server's Bandmate signed (unaltered) and still knows, else None."""
+        if not 0 < len(upload.data) <= self.max_bytes:
+            return None
+        fd, name = tempfile.mkstemp(prefix="bandmate-verify-", suffix=".bin")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                await asyncio.to_thread(out.write, upload.data)
+            report = await asyncio.to_thread(self.credentials.verify, Path(name))
+        finally:
+            os.unlink(name)
+        if not report.trusted or not report.track_id:
+            return None
+        return report.track_id if await self.store.get_track(report.track_id) is not None else None
+
     async def known_tracks(self, ids: list[str]) -> list[str]:
         known = []
         for track_id in ids[:50]:
