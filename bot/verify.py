@@ -68,7 +68,7 @@ class CredentialService:
     def check_size(self, size: int) -> None:
         """Before downloading an attachment: refuse one over the limit, by its announced size."""
         if size > self.max_bytes:
-            raise Refusal(f"That file is {size / 1e6:.1f} MB; I check files up to {self.max_bytes / 1e6:.0f} MB.")
+            raise Refusal(f"That file is {size / 2**20:.1f} MB; I check files up to {self.max_bytes / 2**20:.0f} MB.")
         if size <= 0:
             raise Refusal("That file is empty.")
 
