@@ -72,7 +72,16 @@ def worker(settings: Settings) -> int:
     if not settings.redis_url:
         print("error: BANDMATE_REDIS_URL is not set; a worker takes its jobs from Redis.", file=sys.stderr)
         return 2
-    return asyncio.run(run_worker(settings, build_models(settings)))
+    watermark = None
+    if settings.watermark == "audioseal":  # each job carries the bot's message; these are only the models
+        from generation.watermark import WatermarkError, load_watermarker
+
+        try:
+            watermark = load_watermarker(settings.watermark_dir, server_name="worker")
+        except WatermarkError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
+    return asyncio.run(run_worker(settings, build_models(settings), watermark))
 
 
 # -- one-shot jobs through the queue --------------------------------------------------------------------------

@@ -129,6 +129,8 @@ class Application:
                             max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s),
             remove_files=self._remove_files, model_info=model_info)
         config = core_config(settings, operator=operator)
+        if self.watermark is not None:
+            config = dataclasses.replace(config, watermark_message=self.watermark.message)
         fingerprints = Fingerprints(TasteStore(self.db))
         presets = PresetService(self.settings_store, max_prompt_chars=config.max_prompt_chars)
         server_settings = ServerSettings(self.settings_store, BotLimits(

@@ -56,6 +56,7 @@ class CoreConfig:
     daily_quota: int = 200  # jobs a user may submit in 24 h
     max_upload_bytes: int = 25 * 1024 * 1024
     max_upload_s: float = 300.0
+    watermark_message: int | None = None  # BANDMATE_WATERMARK=audioseal: the 16-bit message naming this server
 
 
 class UploadUse(str, Enum):
@@ -318,6 +319,7 @@ class Planner:
                 job.spec.source_s = seconds  # long continuations run window by window
         if self.server_settings is not None and job.guild_id is not None:  # the server's Content Credentials choice
             job.spec.manifest_prompt = bool((await self.server_settings.get(job.guild_id)).manifest_prompt)
+        job.spec.watermark = self.config.watermark_message  # BANDMATE_WATERMARK: this server's message, or None
         try:
             stored = await self.scheduler.submit(job)
         except QueueRefused as error:

@@ -58,14 +58,15 @@ class TrackSigning(Protocol):
 class Watermarking(Protocol):
     """The optional watermark (generation/watermark.py AudioSealWatermarker)."""
 
-    def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray: ...
+    def embed(self, samples: np.ndarray, sample_rate: int, message: int | None = None) -> np.ndarray: ...
 
 
 class JobRunner:
     def __init__(self, backend_for: Callable[[str], Backend], media: MediaStore, *,
                  signer: TrackSigning | None = None, watermark: Watermarking | None = None) -> None:
-        """signer: signs every rendered MP3 and FLAC last, after tags and chapters. watermark: embedded into each
-        finished job's audio in the model thread (torch work stays on one thread), before any encoding."""
+        """signer: signs every rendered MP3 and FLAC last, after tags and chapters. watermark: embeds the message
+        a job carries (`spec.watermark`, set by the bot) into its audio in the model thread (torch work stays on one
+        thread), before any encoding."""
         self.backend_for = backend_for
         self.media = media
         self.signer = signer
@@ -80,12 +81,14 @@ class JobRunner:
     ) -> dict[str, list[Audio]]:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
         audios = self._generate(jobs, progress=progress, should_stop=should_stop)
-        if self.watermark is None:
-            return audios
         for job in jobs:  # a chain's helper window is the next window's input, not a delivered file
-            if not chain.owner_of(job) and job.id in audios:
-                audios[job.id] = [Audio(self.watermark.embed(a.samples, a.sample_rate), a.sample_rate)
-                                  for a in audios[job.id]]
+            if job.spec.watermark is None or chain.owner_of(job) or job.id not in audios:
+                continue
+            if self.watermark is None:
+                log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
+                continue
+            audios[job.id] = [Audio(self.watermark.embed(a.samples, a.sample_rate, job.spec.watermark),
+                                    a.sample_rate) for a in audios[job.id]]
         return audios
 
     def _generate(

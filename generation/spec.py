@@ -50,6 +50,7 @@ class JobSpec:
     chain: ChainPlan | None = None
     window: WindowRef | None = None
     manifest_prompt: bool = True  # the prompt may go into the file's Content Credentials (the server's setting)
+    watermark: int | None = None  # the 16-bit watermark message to embed (BANDMATE_WATERMARK); None: none
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -71,6 +72,8 @@ class JobSpec:
                 out["output"] = self.window.output
         if not self.manifest_prompt:
             out["manifest_prompt"] = False
+        if self.watermark is not None:
+            out["watermark"] = self.watermark
         return out
 
     @classmethod
@@ -104,6 +107,8 @@ class JobSpec:
             spec.window = WindowRef(owner_id=str(data["window_of"]), index=int(data.get("window") or 1),
                                     output=_string(data.get("output")))
         spec.manifest_prompt = data.get("manifest_prompt") is not False
+        mark = data.get("watermark")
+        spec.watermark = mark if isinstance(mark, int) and not isinstance(mark, bool) and 0 <= mark < 2**16 else None
         return spec
 
     def files(self) -> list[str]:

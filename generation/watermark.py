@@ -216,12 +216,13 @@ class AudioSealWatermarker:
             back = np.pad(back, (0, frames - back.shape[0]))
         return back[:frames]
 
-    def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """`samples` with this server's watermark added to every channel: same shape, float32, within [-1, 1]."""
+    def embed(self, samples: np.ndarray, sample_rate: int, message: int | None = None) -> np.ndarray:
+        """`samples` with this server's watermark (or `message`: a job's, on a Redis worker) added to every
+        channel: same shape, float32, within [-1, 1]."""
         x = np.asarray(samples, dtype=np.float32)
         if x.shape[-1] == 0:
             return x.copy()
-        residual = self.watermark_for(x, sample_rate)
+        residual = self.watermark_for(x, sample_rate, message)
         signal_rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
         mark_rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
         if signal_rms > 0 and mark_rms > signal_rms * 10 ** (-MIN_SNR_DB / 20):

@@ -316,6 +316,7 @@ def test_with_the_watermark_on_a_stripped_file_is_still_recognised(tmp_path) -> 
             transport = Collect()
             await app.core.connect(transport)
             job = await app.core.compose(request(), ComposeOptions(prompt="marked", duration_s=1.0, seed=5))
+            assert job.spec.watermark == app.watermark.message  # the message travels with the job (Redis too)
             (track,) = await finished(app, transport, job)
             path = app.files.absolute(track.mp3)
             stripped = tmp_path / "stripped.mp3"

@@ -93,7 +93,7 @@ class Worker:
     """Takes jobs from Redis, batches them, runs the model in one thread and publishes files and progress."""
 
     def __init__(self, settings: RedisSettings, *, prefix: str = "bandmate", name: str | None = None,
-                 models: ModelRegistry | None = None) -> None:
+                 models: ModelRegistry | None = None, watermark=None) -> None:
         """models: the process's model registry, built by the wiring (it honours BANDMATE_TORCH_THREADS)."""
         if not settings.redis_url:
             raise ValueError("a worker needs BANDMATE_REDIS_URL")
@@ -112,7 +112,7 @@ class Worker:
         self.models = models or ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile)
         self._scratch_dir = tempfile.TemporaryDirectory(prefix="bandmate-worker-")
         self.scratch = ScratchStore(self._scratch_dir.name)
-        self.runner = JobRunner(self.models, self.scratch)
+        self.runner = JobRunner(self.models, self.scratch, watermark=watermark)  # the bot signs on receipt
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
         self._held: dict[bytes, _Task] = {}  # entries this worker holds; the heartbeat keeps them claimed
         self._stopping = asyncio.Event()
@@ -541,11 +541,12 @@ def plan_batches(tasks: list[_Task], max_batch: int) -> list[list[_Task]]:
     return batches
 
 
-async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None) -> int:
-    """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first)."""
+async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None, watermark=None) -> int:
+    """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first).
+    watermark: the AudioSeal watermarker (BANDMATE_WATERMARK=audioseal); each job brings the bot's message."""
     import signal
 
-    worker = Worker(settings, models=models)
+    worker = Worker(settings, models=models, watermark=watermark)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
