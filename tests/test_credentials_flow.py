@@ -121,6 +121,10 @@ def made(tmp_path_factory):
             out["message"] = transport.messages[compose.id]
             out["export"] = (await core.privacy.export_json(USER_ID)).decode()
             out["verify_text"] = await core.verify_path(app.files.absolute(tracks["continue"][0].mp3))
+            from bot.console import handle_line
+
+            out["console"] = await handle_line(core, f"verify {app.files.absolute(tracks['song'][0].mp3)}")
+            out["console_missing"] = await handle_line(core, "verify /nonexistent/file.mp3")
 
     asyncio.run(main())
     return out
@@ -154,6 +158,19 @@ def test_the_core_answer_shows_lineage_and_names_nobody(made) -> None:
     assert "Made by this server's Bandmate" in text and f"Lineage: {base.id}" in text
     assert "Operation: continue" in text and "Altered after signing: no" in text
     assert USER_ID not in text and USER_NAME not in text
+
+
+def test_the_console_verifies_a_file(made) -> None:
+    text = plain(made["console"])
+    assert "Made by this server's Bandmate" in text and "Operation: song" in text
+    assert "can't read" in plain(made["console_missing"])
+
+
+def test_download_audioseal_offline_says_what_happened(tmp_path) -> None:
+    env = {**os.environ, "BANDMATE_DATA": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bot.py"), "download", "audioseal"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "download audioseal" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_flipped_byte_is_altered_and_a_reencode_has_no_credentials(made, tmp_path) -> None:
