@@ -215,7 +215,7 @@ def test_decoder_backend_should_stop_cancels(tiny_backend):
     (GenerationRequest("a", 1.0, variations=3), "between 1 and 2"),
     (GenerationRequest("a", 31.0), "at most 30"),
     (GenerationRequest("a", 5.0), "too long"),
-    (GenerationRequest("a", 1.0, melody=Audio(np.zeros((1, 32000), np.float32), 32000)), "melody"),
+    (GenerationRequest("a", 1.0, melody=Audio(np.zeros((1, 32000), np.float32), 32000)), "cannot follow a melody"),
 ])
 def test_bad_requests_are_refused_with_a_message(tiny_backend, request_, message):
     decoder = MusicGenDecoder(tiny_backend, slots=2, max_positions=200)
@@ -226,3 +226,62 @@ def test_bad_requests_are_refused_with_a_message(tiny_backend, request_, message
 def test_cuda_graphs_need_a_cuda_device(tiny_backend):
     with pytest.raises(ValueError, match="CUDA"):
         MusicGenDecoder(tiny_backend, slots=2, max_positions=200, mode=StepMode.STATIC, cuda_graphs=True)
+
+
+# -- MusicGen-melody ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def melody_backend():
+    from pathlib import Path
+
+    from generation.melody import MelodyBackend
+
+    return MelodyBackend.load(str(Path(__file__).parent / "fixtures" / "tiny-musicgen-melody"), device="cpu",
+                              dtype="fp32")
+
+
+def tune(freqs: list[float], seconds_each: float = 0.5) -> Audio:
+    t = np.arange(int(seconds_each * 32000)) / 32000
+    return Audio(np.concatenate([0.4 * np.sin(2 * np.pi * f * t) for f in freqs]).astype(np.float32)[None, :], 32000)
+
+
+MELODY_JOBS = [
+    GenerationRequest("jazz drums", 1.0, variations=2, seed=1, melody=tune([261.63, 329.63, 392.0])),
+    GenerationRequest("calm ambient synth", 0.8, seed=5, melody=tune([440.0, 493.88], 1.0),
+                      sampling=SamplingParams(guidance=1.0, top_k=40)),
+]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_melody_alone_matches_remix_path(melody_backend, index):
+    request = MELODY_JOBS[index]
+    decoder = MusicGenDecoder(melody_backend, slots=4, max_positions=400)
+    handle = decoder.submit(request)
+    decoder.run_until_idle()
+    assert same_audio(handle.result(), melody_backend.generate([request])[0])
+
+
+@pytest.mark.parametrize("k", [0, 9])
+def test_melody_joined_at_step_k_matches_alone(melody_backend, k):
+    decoder = MusicGenDecoder(melody_backend, slots=4, max_positions=400)
+    alone = []
+    for request in MELODY_JOBS:
+        handle = decoder.submit(request)
+        decoder.run_until_idle()
+        alone.append(handle.codes)
+    early = decoder.submit(MELODY_JOBS[1])
+    for _ in range(k):
+        decoder.step()
+    late = decoder.submit(MELODY_JOBS[0])
+    decoder.run_until_idle()
+    assert torch.equal(late.codes, alone[0]) and torch.equal(early.codes, alone[1])
+
+
+def test_melody_decoder_refuses_what_it_cannot_do(melody_backend, tiny_backend, source_audio):
+    decoder = MusicGenDecoder(melody_backend, slots=2, max_positions=400)
+    with pytest.raises(ValueError, match="needs a melody"):
+        decoder.submit(GenerationRequest("a", 1.0))
+    with pytest.raises(ValueError, match="cannot continue"):
+        decoder.submit(GenerationRequest("a", 1.0, melody=tune([440.0]), audio_prompt=source_audio))
+    assert DecoderBackend(decoder).family == "musicgen-melody"

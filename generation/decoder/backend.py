@@ -21,15 +21,14 @@ from generation.types import Audio, GenerationRequest, Progress, ProgressCallbac
 
 
 class DecoderBackend:
-    """A loaded MusicGen run by `MusicGenDecoder`, shaped like `generation.backend.Backend`."""
-
-    family = "musicgen"
-    supports_continuation = True
+    """A loaded MusicGen or MusicGen-melody run by `MusicGenDecoder`, shaped like `generation.backend.Backend`."""
 
     def __init__(self, decoder: MusicGenDecoder) -> None:
         self.decoder = decoder
         source = decoder.backend
         self.model_id = source.model_id
+        self.family = source.family  # "musicgen" or "musicgen-melody"
+        self.supports_continuation = source.supports_continuation
         self.license = source.license
         self.sample_rate = source.sample_rate
         self.max_duration_s = source.max_duration_s
@@ -41,6 +40,11 @@ class DecoderBackend:
     def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", **options) -> "DecoderBackend":
         """options: MusicGenDecoder's (slots, max_positions, mode, prefill_chunk, cuda_graphs...)."""
         return cls(MusicGenDecoder.load(model_id, device=device, dtype=dtype, **options))
+
+    @classmethod
+    def wrap(cls, backend, **options) -> "DecoderBackend":
+        """A decoder over an already loaded MusicGenBackend or MelodyBackend (e.g. from the ModelRegistry)."""
+        return cls(MusicGenDecoder(backend, **options))
 
     # -- continuous batching ----------------------------------------------------------------------------------
 

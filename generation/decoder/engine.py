@@ -44,7 +44,8 @@ def cache_bytes_per_slot(model, max_positions: int, max_text_tokens: int, dtype:
 
 
 class MusicGenDecoder:
-    """Continuous batching over a loaded MusicGen (`generation.musicgen.MusicGenBackend`).
+    """Continuous batching over a loaded MusicGen (`generation.musicgen.MusicGenBackend`) or MusicGen-melody
+    (`generation.melody.MelodyBackend`).
 
     Not thread-safe for stepping: one thread calls `step()`/`run_until_idle()`; any thread may `submit()` and
     cancel handles.
@@ -68,10 +69,11 @@ class MusicGenDecoder:
         self.cache = StaticKVCache(
             CacheShape(slots=slots, layers=int(cfg.num_hidden_layers), heads=self.modules.num_heads,
                        head_dim=self.modules.head_dim, max_positions=self.max_positions,
-                       max_text_tokens=max_text_tokens),
+                       max_text_tokens=max_text_tokens if self.modules.cross_attention else 1),
             dtype=self.modules.dtype, device=self.device)
         self.slots = slots
         self.pad = int(backend.pad_token_id)
+        self.melody = getattr(backend, "family", "musicgen") == "musicgen-melody"
         self._project = getattr(self.model, "enc_to_dec_proj", None)
         if (self.model.text_encoder.config.hidden_size == cfg.hidden_size
                 or cfg.cross_attention_hidden_size is not None):
@@ -90,17 +92,26 @@ class MusicGenDecoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", **options) -> "MusicGenDecoder":
-        from generation.musicgen import MusicGenBackend
-
-        return cls(MusicGenBackend.load(model_id, device=device, dtype=dtype), **options)
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", melody: bool = False,
+             **options) -> "MusicGenDecoder":
+        """Load through the existing backends (MusicgenForConditionalGeneration / ...Melody... from_pretrained)."""
+        if melody:
+            from generation.melody import MelodyBackend as loader
+        else:
+            from generation.musicgen import MusicGenBackend as loader
+        return cls(loader.load(model_id, device=device, dtype=dtype), **options)
 
     # -- submitting -------------------------------------------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError (a message for the user) when the request cannot run here."""
-        if request.melody is not None:
-            raise ValueError("this decoder runs MusicGen text and continuation jobs; melody jobs are not supported yet")
+        if self.melody:
+            if request.melody is None:
+                raise ValueError("a remix request needs a melody")
+            if request.audio_prompt is not None:
+                raise ValueError("MusicGen-melody cannot continue audio: remix requests take a melody only")
+        elif request.melody is not None:
+            raise ValueError(f"{self.backend.model_id} cannot follow a melody: remix needs a MusicGen-melody model")
         if not request.duration_s > 0:
             raise ValueError("the duration must be more than 0 seconds")
         if request.duration_s > self.backend.max_duration_s + 1e-6:
@@ -112,8 +123,14 @@ class MusicGenDecoder:
             frames = self.backend._prompt_samples(request.audio_prompt).shape[-1] // self.backend.hop
             if frames < 1:
                 raise ValueError("the audio prompt is shorter than one frame")
-        if 1 + frames + tokens_for(request.duration_s) > self.max_positions:
+        if self._offset(request) + 1 + frames + tokens_for(request.duration_s) > self.max_positions:
             raise ValueError("the audio prompt and the new part are too long for one model call here")
+
+    def _offset(self, request: GenerationRequest) -> int:
+        """Decoder positions before the BOS: MusicGen-melody's chroma and text prefix (none for MusicGen)."""
+        if not self.melody:
+            return 0
+        return self.backend.chroma_length + len(self.backend.tokenizer(request.prompt)["input_ids"])
 
     def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> DecodeHandle:
         """Queue a request; it joins at the next step that has room for its variations."""
@@ -209,7 +226,11 @@ class MusicGenDecoder:
         r, n = handle.request, handle.rows
         guided = r.sampling.guidance > 1
         first_row = 2 * first_slot
-        self._encode_text(r.prompt, n, guided, first_row)
+        prefix_embeds = None
+        if self.melody:
+            prefix_embeds = self._melody_prefix(r, n, guided)
+        else:
+            self._encode_text(r.prompt, n, guided, first_row)
         prompt_codes, samples = None, None
         if r.audio_prompt is not None:
             samples = self.backend._prompt_samples(r.audio_prompt)
@@ -226,7 +247,9 @@ class MusicGenDecoder:
             handle=handle, first_slot=first_slot, slots=n, guided=guided, params=r.sampling,
             generators=[new_generator(r.seed + i, self.device) for i in range(n)],
             pattern=pattern, seq=pattern.clone(), prompt_frames=frames, steps=steps, prefix=1 + frames,
-            prefilled=1 if frames == 0 else 0, prompt_samples=samples)  # a text job's BOS joins the batch
+            # a text job's BOS joins the batch; a continuation's prompt and a remix's prefix are prefilled first
+            prefilled=1 if frames == 0 and prefix_embeds is None else 0, prompt_samples=samples,
+            prefix_embeds=prefix_embeds, offset=0 if prefix_embeds is None else prefix_embeds.shape[1])
 
     def _encode_text(self, prompt: str, n: int, guided: bool, first_row: int) -> None:
         """The text's cross-attention keys/values for the job's rows, as `generate` builds them for it alone:
@@ -247,6 +270,32 @@ class MusicGenDecoder:
             self.cache.set_cross(i, first_row, keys, values)
         self.cache.set_cross_mask(first_row, mask.bool())
 
+    def _melody_prefix(self, r: GenerationRequest, n: int, guided: bool) -> torch.Tensor:
+        """MusicGen-melody's decoder prefix for a job's rows, built as its `generate` builds it for the job alone:
+        the projected chroma (looped to chroma_length; a 'null' chroma for the unconditional rows), then the
+        projected text (zeros for the unconditional rows)."""
+        b, model = self.backend, self.model
+        enc = b.tokenizer([r.prompt] * n, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        text = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if model.text_encoder.config.hidden_size != model.decoder.config.hidden_size:
+            text = model.enc_to_dec_proj(text)
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        text = text * mask[..., None]
+        chroma = torch.from_numpy(np.stack([b.melody_chroma(r.melody)] * n)).to(self.device, b._chroma_dtype)
+        null = torch.zeros_like(chroma)
+        null[:, :, 0] = 1
+        if guided:
+            chroma = torch.cat([chroma, null], dim=0)
+        if model.config.num_chroma != model.decoder.config.hidden_size:
+            chroma = model.audio_enc_to_dec_proj(chroma)
+        length = model.config.chroma_length
+        if chroma.shape[1] < length:
+            chroma = chroma.repeat(1, -(-length // chroma.shape[1]), 1)
+        return torch.cat([chroma[:, :length], text], dim=1)
+
     def _release(self, job: LiveJob) -> None:
         self._live.remove(job)
         self.cache.release(job.first_slot, job.slots)
@@ -255,9 +304,16 @@ class MusicGenDecoder:
 
     def _prefill(self, job: LiveJob) -> torch.Tensor | None:
         """Run (a chunk of) the job's prefix; its logits once the whole prefix has run, else None."""
+        if job.prefix_embeds is not None:  # MusicGen-melody: the chroma and text prefix and the BOS, in one call
+            block = RowBlock(job.first_row, job.rows, 0, job.offset + 1)
+            logits = self.modules.forward_blocks(job.inputs(0, 1), [block], self.cache, prefix=job.prefix_embeds)
+            job.prefix_embeds = None
+            job.prefilled = job.prefix
+            job.handle.state = DecodeState.RUNNING
+            return logits
         start = job.prefilled
         end = job.prefix if not self.prefill_chunk else min(job.prefix, start + self.prefill_chunk)
-        block = RowBlock(job.first_row, job.rows, start, end - start)
+        block = RowBlock(job.first_row, job.rows, job.offset + start, end - start)
         logits = self.modules.forward_blocks(job.inputs(start, end), [block], self.cache)
         job.prefilled = end
         job.next_pos = end - 1
@@ -271,11 +327,12 @@ class MusicGenDecoder:
             return []
         if self.mode is StepMode.EXACT:
             return [(j, self.modules.forward_blocks(j.inputs(j.next_pos, j.next_pos + 1),
-                                                    [RowBlock(j.first_row, j.rows, j.next_pos)], self.cache))
+                                                    [RowBlock(j.first_row, j.rows, j.offset + j.next_pos)],
+                                                    self.cache))
                     for j in jobs]
         if self.mode is StepMode.BATCHED:
             tokens = torch.cat([j.inputs(j.next_pos, j.next_pos + 1) for j in jobs])
-            blocks = [RowBlock(j.first_row, j.rows, j.next_pos) for j in jobs]
+            blocks = [RowBlock(j.first_row, j.rows, j.offset + j.next_pos) for j in jobs]
             logits = self.modules.forward_blocks(tokens, blocks, self.cache)
             out, at = [], 0
             for j in jobs:
@@ -295,7 +352,7 @@ class MusicGenDecoder:
         for j in jobs:
             block = slice(j.first_row, j.first_row + j.rows)
             tokens[block] = j.inputs(j.next_pos, j.next_pos + 1)
-            positions[block] = j.next_pos
+            positions[block] = j.offset + j.next_pos
         if self.graphs is not None:
             logits = self.graphs.run(rows, tokens, positions)
         else:

@@ -59,6 +59,9 @@ class DecoderModules:
         self.hidden = int(attn.embed_dim)
         self.vocab = int(self.heads[0].out_features)
         self.dtype = self.heads[0].weight.dtype
+        # MusicGen attends to the text through cross-attention; MusicGen-melody's layers have none (its text and
+        # chroma are a prefix of the decoder's own input).
+        self.cross_attention = hasattr(self.layers[0], "encoder_attn")
 
     def ensure_positions(self, count: int) -> None:
         if self.embed_positions.weights.shape[0] < count:
@@ -119,24 +122,30 @@ class DecoderModules:
             at += b.rows
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
-    def forward_blocks(self, tokens: torch.Tensor, blocks: list[RowBlock], cache: StaticKVCache) -> torch.Tensor:
+    def forward_blocks(self, tokens: torch.Tensor, blocks: list[RowBlock], cache: StaticKVCache,
+                       prefix: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (N, codebooks, T) for the blocks' rows in order -> fp32 logits (N * codebooks, V) of the last
-        position. All blocks share T (T > 1 only for a single prefilling block)."""
-        t = tokens.shape[-1]
+        position. All blocks share T (T > 1 only for a single prefilling block). prefix: (N, P, D) embeddings
+        before the tokens (MusicGen-melody's chroma and text), at positions start.. of a single block."""
+        embeds = sum(self.embed_tokens[c](tokens[:, c]) for c in range(self.num_codebooks))
+        if prefix is not None:
+            embeds = torch.cat([prefix, embeds], dim=1)
+        t = embeds.shape[1]
         positions = torch.cat([torch.arange(b.start, b.start + t, device=tokens.device).expand(b.rows, t)
                                for b in blocks])
-        hidden = self.embed(tokens, positions)
+        hidden = embeds + self.embed_positions.weights[positions]
         for i, layer in enumerate(self.layers):
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)
             a = layer.self_attn
             q, k, v = self._split(a.q_proj(x)), self._split(a.k_proj(x)), self._split(a.v_proj(x))
             hidden = residual + a.out_proj(self._merge(self._self_attention_blocks(i, a, q, k, v, blocks, cache)))
-            residual = hidden
-            x = layer.encoder_attn_layer_norm(hidden)
-            c = layer.encoder_attn
-            q = self._split(c.q_proj(x))
-            hidden = residual + c.out_proj(self._merge(self._cross_attention_blocks(i, c, q, blocks, cache)))
+            if self.cross_attention:
+                residual = hidden
+                x = layer.encoder_attn_layer_norm(hidden)
+                c = layer.encoder_attn
+                q = self._split(c.q_proj(x))
+                hidden = residual + c.out_proj(self._merge(self._cross_attention_blocks(i, c, q, blocks, cache)))
             residual = hidden
             x = layer.final_layer_norm(hidden)
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
@@ -167,12 +176,14 @@ class DecoderModules:
             out = F.scaled_dot_product_attention(q, cache.keys[i][:rows], cache.values[i][:rows], attn_mask=self_mask,
                                                  scale=a.scaling)
             hidden = residual + a.out_proj(self._merge(out))
-            residual = hidden
-            x = layer.encoder_attn_layer_norm(hidden)
-            c = layer.encoder_attn
-            out = F.scaled_dot_product_attention(self._split(c.q_proj(x)), cache.cross_keys[i][:rows],
-                                                 cache.cross_values[i][:rows], attn_mask=cross_mask, scale=c.scaling)
-            hidden = residual + c.out_proj(self._merge(out))
+            if self.cross_attention:
+                residual = hidden
+                x = layer.encoder_attn_layer_norm(hidden)
+                c = layer.encoder_attn
+                out = F.scaled_dot_product_attention(self._split(c.q_proj(x)), cache.cross_keys[i][:rows],
+                                                     cache.cross_values[i][:rows], attn_mask=cross_mask,
+                                                     scale=c.scaling)
+                hidden = residual + c.out_proj(self._merge(out))
             residual = hidden
             x = layer.final_layer_norm(hidden)
             hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
@@ -110,7 +110,9 @@ class LiveJob:
     drawn: int = 0
     next_pos: int = 0  # position of the next token to feed
     prompt_samples: object | None = None  # continuation: the prompt cut to whole frames (numpy)
-    extra: dict = field(default_factory=dict)
+    # MusicGen-melody: the chroma and text embeddings (rows, offset, D) fed before the BOS, at positions 0..offset-1
+    prefix_embeds: torch.Tensor | None = None
+    offset: int = 0  # decoder position of token 0 (the BOS)
 
     @property
     def first_row(self) -> int:
