@@ -122,16 +122,16 @@ def step_bytes(model, rows: int, mean_position: float, element: int) -> float:
 def run_staggered(decoder: MusicGenDecoder, users: int, seconds: float, gap_s: float):
     """Users arriving every gap_s; the decoder stepping whenever anything runs. (wall, latencies, admit steps)."""
     pending = requests(users, seconds, offset=100)
-    start = time.perf_counter()
+    start = time.monotonic()  # the clock of DecodeHandle.finished_at
     arrivals = [start + i * gap_s for i in range(users)]
     handles, submitted_at = [], []
     while len(handles) < users or not decoder.idle:
-        now = time.perf_counter()
+        now = time.monotonic()
         while len(handles) < users and arrivals[len(handles)] <= now:
             handles.append(decoder.submit(pending[len(handles)]))
             submitted_at.append(arrivals[len(handles) - 1])
         if decoder.idle:
-            time.sleep(max(0.0, arrivals[len(handles)] - time.perf_counter()))
+            time.sleep(max(0.0, arrivals[len(handles)] - time.monotonic()))
             continue
         decoder.step()
     wall = max(h.finished_at for h in handles) - start
@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default=None, help="exact, batched or static (default: the device's)")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     built = time.perf_counter()
     backend = _generate_bench().random_backend(args.quick, args.device, args.dtype)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 
 import numpy as np
 import torch
 
-from generation.backend import GenerationCancelled
+from generation.backend import OutOfMemory
 from generation.decoder.cache import CacheShape, StaticKVCache
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
@@ -205,12 +204,17 @@ class MusicGenDecoder:
                 continue  # no block of that many slots free; a smaller job behind it may still fit
             try:
                 job = self._admit(handle, first)
-            except torch.OutOfMemoryError:
+            except torch.OutOfMemoryError as error:
                 self.cache.release(first, handle.rows)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                log.warning("out of memory admitting a job; it stays queued")
-                return
+                if self._live:  # running jobs will free memory as they leave; never fail them for a newcomer
+                    log.warning("out of memory admitting a job; it stays queued")
+                    return
+                with self._lock:
+                    self._queue.remove(handle)
+                handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
+                continue
             except Exception as error:  # noqa: BLE001 - a bad request fails alone, never the running jobs
                 self.cache.release(first, handle.rows)
                 with self._lock:

@@ -131,8 +131,8 @@ class DecoderModules:
         if prefix is not None:
             embeds = torch.cat([prefix, embeds], dim=1)
         t = embeds.shape[1]
-        positions = torch.cat([torch.arange(b.start, b.start + t, device=tokens.device).expand(b.rows, t)
-                               for b in blocks])
+        positions = torch.tensor([list(range(b.start, b.start + t)) for b in blocks for _ in range(b.rows)],
+                                 dtype=torch.long, device=tokens.device)
         hidden = embeds + self.embed_positions.weights[positions]
         for i, layer in enumerate(self.layers):
             residual = hidden
@@ -165,7 +165,11 @@ class DecoderModules:
         visible = torch.arange(width, device=tokens.device)[None, :] <= positions[:, None]
         self_mask = visible[:, None, None, :]  # (R, 1, 1, positions)
         row_index = torch.arange(rows, device=tokens.device)
+        # A row that may see no text position (an unconditional twin, an idle row) sees them all instead: its keys
+        # and values are zeros (or, idle, ignored), so its output is the same 0 without relying on how a kernel
+        # treats a fully masked row.
         cross_mask = cache.cross_mask[:rows]
+        cross_mask = cross_mask | ~cross_mask.any(dim=-1, keepdim=True)
         for i, layer in enumerate(self.layers):
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)

@@ -7,7 +7,6 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 import torch
 
@@ -131,5 +130,3 @@ class LiveJob:
         tokens = self.seq[:, :, start:end]
         return tokens.repeat(2, 1, 1) if self.guided else tokens
 
-
-CancelCheck = Callable[[], bool]
