@@ -138,7 +138,10 @@ class RedisExecutor:
     async def execute(self, jobs: list[Job], progress: Callable[[Progress], None],
                       should_stop: Callable[[], bool]) -> dict[str, list[TrackRecord]]:
         self._ensure_started()
-        results = await asyncio.gather(*(self._execute_one(j, progress, should_stop) for j in jobs))
+        if len(jobs) == 1:  # inline, not a task: the flight is counted before the scheduler asks for capacity again
+            results = [await self._execute_one(jobs[0], progress, should_stop)]
+        else:
+            results = await asyncio.gather(*(self._execute_one(j, progress, should_stop) for j in jobs))
         if self.signer is not None:  # signed on receipt: the key stays here, the parents' files are here
             for job, tracks in zip(jobs, results):
                 await asyncio.to_thread(self.signer.sign_tracks, job, tracks)
