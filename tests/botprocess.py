@@ -43,7 +43,7 @@ class BotProcess:
                "DISCORD_GATEWAY_URL": str(self.fake.gateway_url), "DISCORD_GUILD_IDS": str(self.fake.guild.id),
                "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(self.data), "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "BANDMATE_LOG_LEVEL": "info",
-               "BANDMATE_COOLDOWN_S": "0", "BANDMATE_TORCH_THREADS": "1", "BANDMATE_MELODY_MODEL": str(TINY_MELODY),
+               "BANDMATE_RATE_PER_MIN": "0", "BANDMATE_TORCH_THREADS": "1", "BANDMATE_MELODY_MODEL": str(TINY_MELODY),
                **self.extra_env}
         self.lines = []
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=self.data, env=env,
