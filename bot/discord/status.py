@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import discord
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 2.0  # at most one progress edit per status message in this time
 FINAL_WAIT_S = 30.0  # how long a final state waits for the edits before it (a 429 may hold one)
+REMEMBER_FINISHED = 2000  # status messages whose final state was written: a late event must not reopen them
 
 
 @dataclass
@@ -58,6 +60,7 @@ class StatusUpdater:
         self.core = core
         self.messenger = messenger
         self._streams: dict[str, _Stream] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     def watch(self, job: Job, text: str | None = None) -> None:
         """A job whose status message the caller made: `text` (markup), if any, is its first edit, unless the
@@ -71,6 +74,8 @@ class StatusUpdater:
     def on_event(self, event: JobEvent) -> None:
         if event.kind is EventKind.QUEUED:
             return  # whoever queued the job writes its first status text
+        if event.job_id in self._finished:
+            return
         stream = self._stream(event.job_id)
         if stream.closed:
             return
@@ -81,6 +86,8 @@ class StatusUpdater:
     async def finish(self, job: Job, text: str) -> None:
         """The final state (markup): written after every edit before it, and nothing after it. Returns once it
         has gone out (or could not be written)."""
+        if job.id in self._finished:
+            return
         stream = self._stream(job.id)
         if stream.closed:
             if stream.task is not None:
@@ -147,6 +154,9 @@ class StatusUpdater:
             if stream.closed and stream.next is None:
                 stream.landed.set()
                 self._streams.pop(job_id, None)
+                self._finished[job_id] = None
+                while len(self._finished) > REMEMBER_FINISHED:
+                    self._finished.popitem(last=False)
 
     async def _edit(self, job: Job, status_id: int, text: str) -> None:
         try:
