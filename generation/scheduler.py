@@ -328,7 +328,7 @@ class Scheduler:
 
     def _not_before(self, job: Job) -> float | None:
         """When a job may start (its user's rate limit, `JobSpec.not_before`); a chain's windows wait with it."""
-        owner = self._owners.get(self._helper_owner.get(job.id, ""))
+        owner = self._chains.owners.get(self._chains.request_id(job.id)) if job.spec.window else None
         return (owner or job).spec.not_before
 
     def _next_due_in(self) -> float | None:
