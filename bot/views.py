@@ -29,6 +29,9 @@ def _where(position: int | None) -> str:
     return "up next" if position in (None, 1) else f"#{position} in line"
 
 
+RATE_NOTE = "the rate limit here: a few at once, then a few a minute"
+
+
 def held_s(job: Job, now: float | None) -> float | None:
     """Seconds until a job held back by its user's rate limit may start (None: not held)."""
     if now is None or job.spec.not_before is None or job.spec.not_before - now < 0.5:
@@ -39,13 +42,10 @@ def held_s(job: Job, now: float | None) -> float | None:
 def queued_text(job: Job, position: int | None, eta_s: float | None, now: float | None = None) -> str:
     held = held_s(job, now)
     if held is not None:  # over the rate limit: queued all the same, to start at its time
-        return (f"{_DOING.get(job.operation, 'Composing')}: {user(job.prompt)} — starts in {human_seconds(held)} "
-                f"(you're making pieces faster than {RATE_NOTE}).")
+        return (f"{_DOING.get(job.operation, 'Composing')}: {user(job.prompt)} — queued, starts in "
+                f"{human_seconds(held)} ({RATE_NOTE}).")
     eta = f", ready in about {human_seconds(eta_s)}" if eta_s else ""
     return f"{_DOING.get(job.operation, 'Composing')}: {user(job.prompt)} — {_where(position)}{eta}."
-
-
-RATE_NOTE = "the rate limit here"
 
 
 def result_link(guild_id: str | None, channel_id: str, message_id: str) -> str:
@@ -74,7 +74,7 @@ def status_text(job: Job, event: JobEvent, now: float | None = None) -> str:
         return f"{head}\n`{progress_bar(event.step, event.total)}` {100 * event.step // event.total}%{part}{left}"
     held = held_s(job, now)
     if event.kind in (EventKind.QUEUED, EventKind.POSITION) and held is not None:
-        return f"{head}\n⏳ starts in {human_seconds(held)} (the rate limit here)"
+        return f"{head}\n⏳ queued, starts in {human_seconds(held)} ({RATE_NOTE})"
     if event.kind in (EventKind.QUEUED, EventKind.POSITION):
         eta = f" · ready in about {human_seconds(event.eta_s)}" if event.eta_s else ""
         note = f"\n{event.message}" if event.message else ""

@@ -15,9 +15,6 @@ from generation.events import EventKind, JobEvent
 from generation.jobs import Job
 from generation.spec import JobSpec
 
-pytestmark = pytest.mark.asyncio
-
-
 class SlowMessenger:
     """Records edits in the order they land; each takes `delay` seconds, like a slow API."""
 
@@ -56,6 +53,7 @@ def short_throttle(monkeypatch):
     monkeypatch.setattr(status_module, "STATUS_INTERVAL_S", 0.3)
 
 
+@pytest.mark.asyncio
 async def test_the_final_state_is_the_last_edit_and_a_throttled_one_never_lands_after_it():
     job = a_job()
     messenger = SlowMessenger()
@@ -72,6 +70,7 @@ async def test_the_final_state_is_the_last_edit_and_a_throttled_one_never_lands_
     assert not any("posting it now" in text for text in messenger.landed)  # superseded before its turn
 
 
+@pytest.mark.asyncio
 async def test_progress_edits_are_throttled_and_show_the_newest_state():
     job = a_job()
     messenger = SlowMessenger(delay=0.0)
@@ -86,6 +85,7 @@ async def test_progress_edits_are_throttled_and_show_the_newest_state():
     assert "about 3 s left" in messenger.landed[-1]
 
 
+@pytest.mark.asyncio
 async def test_cancelled_is_final_and_a_later_finish_writes_nothing_more():
     job = a_job()
     messenger = SlowMessenger()
@@ -98,6 +98,7 @@ async def test_cancelled_is_final_and_a_later_finish_writes_nothing_more():
     assert messenger.landed == ["🎼 **night drive**\n🚫 cancelled"]
 
 
+@pytest.mark.asyncio
 async def test_the_first_words_give_way_to_a_newer_state_that_came_first():
     job = a_job()
     messenger = SlowMessenger(delay=0.0)
