@@ -43,7 +43,7 @@ CONTRACT_KEYS = {"signed", "trusted", "altered", "signer", "model", "operation",
 
 
 def settings_for(data: Path, **overrides) -> Settings:
-    return Settings(data_dir=data, model=str(TINY), melody_model=str(TINY_MELODY), torch_threads=1, cooldown_s=0.0,
+    return Settings(data_dir=data, model=str(TINY), melody_model=str(TINY_MELODY), torch_threads=1, rate_per_min=0.0,
                     **overrides)
 
 
