@@ -115,8 +115,8 @@ def pick_section(sections: list[Section], kind: str, number: int | None, duratio
         raise ReplyError(_hint(f"This track has no {kind}.", duration_s, sections))
     if number is None:
         if len(same) > 1:
-            raise ReplyError(_hint(f"This track has {len(same)} {_plural(kind)}; say which one (e.g. \"the second {kind}\").",
-                                   duration_s, sections))
+            problem = f"This track has {len(same)} {_plural(kind)}; say which one (e.g. \"the second {kind}\")."
+            raise ReplyError(_hint(problem, duration_s, sections))
         return same[0]
     if number == -1:
         return same[-1]

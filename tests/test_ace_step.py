@@ -15,7 +15,7 @@ from generation.ace_audio import splice_repaint
 from generation.ace_requests import (
     AceRequest, AceRequestError, AceTask, batch_key, from_generation_request, resolved_duration,
 )
-from generation.ace_step import AceStepBackend
+from generation.ace_step import AceStepBackend, is_ace_step, model_facts
 from generation.backend import GenerationCancelled, ModelLoadError
 from generation.lyrics import LyricsError, estimate_duration
 from generation.types import Audio, GenerationRequest
@@ -59,6 +59,16 @@ def test_loads_through_from_pretrained_and_states_its_facts(ace):
     assert ace.is_turbo and ace.default_steps == 8 and ace.default_guidance == 1.0
     assert ace.supports_cover and ace.tasks == frozenset(AceTask)
     assert (ace.device, ace.dtype) == ("cpu", "float32")
+
+
+def test_family_detection_and_facts_without_loading():
+    assert is_ace_step("AceStepPipeline", str(TINY)) and not is_ace_step("StableAudioPipeline", str(TINY))
+    assert is_ace_step(None, "ACE-Step/acestep-v15-xl-turbo-diffusers")  # offline, not cached: the name decides
+    assert not is_ace_step(None, "facebook/musicgen-small") and not is_ace_step(None, str(TINY.parent))
+    facts = model_facts("ACE-Step/acestep-v15-xl-turbo-diffusers")
+    assert (facts["license"], facts["sample_rate"], facts["max_duration_s"], facts["default_steps"]) == (
+        "MIT", 48_000, 600.0, 8)
+    assert facts["tasks"] == ("text2music", "repaint", "cover", "extract")
 
 
 def test_fixture_matches_its_build_script_and_stays_small(tmp_path):
