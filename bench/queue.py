@@ -45,7 +45,8 @@ def _load_generate_bench():
 random_backend = _load_generate_bench().random_backend
 from generation.jobs import Job  # noqa: E402
 from generation.runner import JobRunner  # noqa: E402
-from generation.scheduler import LocalExecutor, Scheduler, SchedulerConfig  # noqa: E402
+from generation.local_executor import LocalExecutor
+from generation.scheduler import Scheduler, SchedulerConfig  # noqa: E402
 from generation.types import GenerationRequest  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.files import FileStore  # noqa: E402

@@ -14,43 +14,66 @@ import logging
 import shlex
 import signal
 import sys
-from typing import Any, TextIO
-
 from pathlib import Path
+from typing import TextIO
 
-from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Requester, Upload
-from bot.fingerprint import Fingerprints
-from generation.models import model_info
-from bot.presets import PresetService
-from bot.privacy import PrivacyService
-from generation.jobs import Operation
-from generation.scheduler import EventKind
+from bot.core import Bandmate, ComposeOptions, Refusal, Request, Requester, Upload
+from bot.messages import OutgoingMessage
+from bot.text import plain
+from generation.events import EventKind, JobEvent
+from generation.jobs import DeliveryAddress, Job, Operation
 
 log = logging.getLogger(__name__)
 
 CONSOLE_USER = Requester(user_id="console", name="you")
 PROMPT = "bandmate> "
+SINK = "console"
 
 
-class ConsoleSink:
-    """Delivery to the terminal: the result's files and the ids to reply to."""
+class ConsoleTransport:
+    """The core's `Transport` in a terminal: results as file paths and the ids to reply to, progress bars."""
 
-    def __init__(self, core: Bandmate, out: TextIO) -> None:
-        self.core = core
+    name = SINK
+
+    def __init__(self, out: TextIO) -> None:
         self.out = out
         self.delivered: set[str] = set()
         self.finished = asyncio.Event()
 
-    async def deliver(self, job, tracks) -> None:
-        message = self.core.result_message(job, tracks)
-        self.out.write("\n" + message.text + "\n")
-        for item in message.files:
-            self.out.write(f"  {item.path}\n")
-        for track in tracks:
-            self.out.write(f"  track {track.id}: reply {track.id} <continue | extend 20s | make it jazzier | ...>\n")
+    def _write(self, text: str) -> None:
+        self.out.write(text)
         self.out.flush()
+
+    async def post_result(self, job: Job, message: OutgoingMessage) -> None:
+        lines = ["", plain(message.text)] + [f"  {item.path}" for item in message.files]
+        lines += [f"  track {b.target}: reply {b.target} <continue | extend 20s | make it jazzier | ...>"
+                  for b in message.buttons if b.kind.value == "vote"]
+        self._write("\n".join(lines) + "\n")
+        self._done(job)
+
+    async def post_failure(self, job: Job, message: OutgoingMessage) -> None:
+        self._write("\n" + plain(message.text) + "\n")
+        self._done(job)
+
+    def _done(self, job: Job) -> None:
         self.delivered.add(job.id)
         self.finished.set()
+
+    def on_event(self, event: JobEvent) -> None:
+        if event.kind is EventKind.PROGRESS and event.total:
+            filled = int(30 * event.step / event.total)
+            part = f" ({event.message})" if event.message else ""
+            self.out.write(f"\r  {event.job_id} [{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}{part}")
+            if event.step >= event.total:
+                self.out.write("\n")
+            self.out.flush()
+        elif event.kind in (EventKind.FAILED, EventKind.CANCELLED) and event.message:
+            self._write(f"\n  {event.job_id}: {event.message}\n")
+            if event.kind is EventKind.CANCELLED:
+                self.finished.set()  # a cancelled job is never delivered: let a waiting script re-check
+
+    async def announce_winner(self, job: Job, message: OutgoingMessage, refs: list[str]) -> None:
+        self._write("\n" + plain(message.text) + "\n")
 
 
 OPTIONS = ("duration", "variations", "seed", "temperature", "guidance")
@@ -79,8 +102,8 @@ def parse_compose(args: list[str]) -> ComposeOptions:
         raise Refusal("Options take numbers, e.g. `/compose jazz --duration 8 --variations 2`.") from None
 
 
-async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> str | None:
-    """One command typed at the console; returns what to print (None for nothing)."""
+async def handle_line(core: Bandmate, line: str) -> str | None:
+    """One command typed at the console; returns what to print (core markup; None for nothing)."""
     line = line.strip()
     if not line or line.startswith("#"):
         return None
@@ -89,35 +112,34 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
     except ValueError:
         parts = line.split()
     command, args = parts[0].lstrip("/").lower(), parts[1:]
+    request = Request(CONSOLE_USER, delivery=DeliveryAddress(SINK))
     try:
         if command == "compose":
-            job = await core.compose(CONSOLE_USER, parse_compose(args), delivery=delivery)
+            job = await core.compose(request, parse_compose(args))
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "reply" and len(args) >= 2:
             track = await core.track(args[0])
-            outcome = await core.reply(CONSOLE_USER, track.job_id, f"#{track.variation + 1} " + " ".join(args[1:]),
-                                       delivery=delivery)
+            outcome = await core.reply(request, track.job_id, f"#{track.variation + 1} " + " ".join(args[1:]))
             return (f"job {outcome.job.id}: " if outcome.job else "") + outcome.text
         if command == "vote" and args:
-            tally = await core.vote(CONSOLE_USER, args[0])
-            return "votes: " + ", ".join(f"{t} {n}" for t, n in tally.items())
+            voted = await core.vote(CONSOLE_USER, args[0])
+            return "votes: " + ", ".join(f"{t} {n}" for t, n in voted.tally.items())
         if command == "extend" and len(args) >= 2:
-            job = await core.extend_to(CONSOLE_USER, args[0], float(args[1].rstrip("s")), delivery=delivery)
+            job = await core.extend_to(request, args[0], float(args[1].rstrip("s")))
             return f"job {job.id}: {core.queued_text(job)}"
         if command in ("like", "variations") and args:
             operation = Operation.MORE_LIKE if command == "like" else Operation.VARIATION
-            job = await core.from_track(CONSOLE_USER, args[0], operation, delivery=delivery)
-            note = f" ({', '.join(job.spec['blended'])} blended in)" if job.spec.get("blended") else ""
+            job = await core.from_track(request, args[0], operation)
+            note = f" ({', '.join(job.spec.blended)} blended in)" if job.spec.blended else ""
             return f"job {job.id}: {core.queued_text(job)}{note}"
         if command == "remix" and len(args) >= 2:
             data = Path(args[0]).expanduser().read_bytes()
-            job = await core.remix(CONSOLE_USER, Upload(Path(args[0]).name, data), " ".join(args[1:]),
-                                   delivery=delivery)
+            job = await core.remix(request, Upload(Path(args[0]).name, data), " ".join(args[1:]))
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "song" and len(args) >= 2:
             chorus = "melody" if args[-1] == "--melody-chorus" else "reuse"
             sections = [a for a in args[1:] if a != "--melody-chorus"]
-            job = await core.song(CONSOLE_USER, args[0], " ".join(sections), delivery=delivery, chorus=chorus)
+            job = await core.song(request, args[0], " ".join(sections), chorus=chorus)
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "style" and args and core.fingerprints is not None:
             return await core.fingerprints.style(CONSOLE_USER.user_id, args[0], " ".join(args[1:]) or None)
@@ -143,7 +165,8 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
             return await core.cancel(CONSOLE_USER, args[0] if args else None)
         if command == "track" and args:
             track = await core.track(args[0])
-            return f"{track.prompt} · {track.duration_s:.1f} s · seed {track.seed}\n  {core.files.absolute(track.mp3)}"
+            message = await core.track_message(args[0])
+            return f"{track.duration_s:.1f} s · seed {track.seed}\n" + "\n".join(f"  {f.path}" for f in message.files)
         if command == "help":
             return core.help_text()
         if command in ("quit", "exit"):
@@ -155,41 +178,15 @@ async def handle_line(core: Bandmate, line: str, delivery: dict[str, Any]) -> st
     return "Unknown command. Try `/compose lo-fi piano --duration 8`, `reply TRACK continue`, `queue` or `help`."
 
 
-async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -> int:
-    engine = engine_factory(settings)
-    stdout.write(f"Bandmate console. Loading {settings.model}...\n")
-    stdout.flush()
-    await engine.load_model()
-    core = Bandmate(scheduler=engine.scheduler, store=engine.store, links=engine.links, files=engine.files,
-                    config=CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
-                                      models=tuple(settings.extra_models),
-                                      max_duration_s=settings.max_duration_s, cooldown_s=0.0,
-                                      max_upload_bytes=settings.max_upload_mb * 1024 * 1024),
-                    fingerprints=Fingerprints(engine.taste), leaderboard=engine.leaderboard,
-                    presets=PresetService(engine.settings_store, max_duration_s=settings.max_duration_s,
-                                          models=engine.selectable_models),
-                    privacy=PrivacyService(engine.privacy_store, scheduler=engine.scheduler),
-                    model_info=model_info)
-    sink = ConsoleSink(core, stdout)
-    await engine.scheduler.add_sink("console", sink)
-
-    def on_event(event) -> None:
-        if event.kind is EventKind.PROGRESS and event.total:
-            filled = int(30 * event.step / event.total)
-            part = f" ({event.message})" if event.message else ""
-            stdout.write(f"\r  {event.job_id} [{'#' * filled}{'.' * (30 - filled)}] {event.step}/{event.total}{part}")
-            if event.step >= event.total:
-                stdout.write("\n")
-            stdout.flush()
-        elif event.kind in (EventKind.FAILED, EventKind.CANCELLED) and event.message:
-            stdout.write(f"\n  {event.job_id}: {event.message}\n")
-
-    engine.scheduler.listen(on_event)
-    await engine.start()
+async def run_console(app, stdin: TextIO, stdout: TextIO) -> int:
+    """The console on a started application (app/services.py) until end of input or SIGTERM."""
+    core: Bandmate = app.core
+    transport = ConsoleTransport(stdout)
+    await core.connect(transport)
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    try:  # SIGTERM: stop reading; the finally below lets running jobs finish or requeues them
+    try:  # SIGTERM: stop reading; the application's close lets running jobs finish or requeues them
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
     except (NotImplementedError, RuntimeError):
         pass
@@ -203,25 +200,25 @@ async def run_console(settings, engine_factory, stdin: TextIO, stdout: TextIO) -
             if not line:
                 break
             try:
-                answer = await handle_line(core, line, {"sink": "console"})
+                answer = await handle_line(core, line)
             except EOFError:
                 break
             if answer:
-                stdout.write(answer + "\n")
+                stdout.write(plain(answer) + "\n")
                 stdout.flush()
                 if answer.startswith("job "):
                     submitted.add(answer.split()[1].rstrip(":"))
         # Piped input: wait for what was asked before leaving, so a script gets its files.
-        while submitted - sink.delivered and (engine.scheduler.depth or engine.scheduler.running_jobs()):
-            sink.finished.clear()
+        while submitted - transport.delivered and core.busy():
+            transport.finished.clear()
             try:  # re-check now and then: a cancelled job is never delivered
-                await asyncio.wait_for(sink.finished.wait(), timeout=1.0)
+                await asyncio.wait_for(transport.finished.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
     except asyncio.CancelledError:
         stdout.write("\nStopping: unfinished pieces are kept and will be made on the next start.\n")
     finally:
-        await engine.close()
+        core.disconnect_all()
     return 0
 
 

@@ -33,10 +33,24 @@ class FileItem:
 
 @dataclass
 class OutgoingMessage:
-    text: str
+    text: str  # markup (bot/text.py): structure and people's words marked, rendered by each transport
     files: list[FileItem] = field(default_factory=list)
     buttons: list[Button] = field(default_factory=list)
     ephemeral: bool = False
-    # Raw user text inside `text` that a transport must escape (markdown, mentions) before showing.
-    thread_name: str | None = None
+    thread_name: str | None = None  # plain text: a transport shows it literally
     job_id: str | None = None
+    requester_id: str | None = None  # whom a result is for (a transport may ping them where nothing else would)
+
+
+@dataclass
+class FittedFiles:
+    """A result's files within an upload limit: one list per message (the first goes with the text and buttons),
+    and a scratch folder of re-encoded copies to remove after sending."""
+
+    batches: list[list[FileItem]]
+    scratch: object | None = None
+
+    def close(self) -> None:
+        cleanup = getattr(self.scratch, "cleanup", None)
+        if cleanup is not None:
+            cleanup()

@@ -16,9 +16,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from bot.words import plural as _plural
+
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 2000
 _TIME_KEYS = frozenset({"created", "created_at", "started_at", "finished_at", "exported_at"})
 
 BACKUP_NOTE = ("Backups made before now may still contain it until they age out; they are only used to recover "
@@ -46,10 +47,6 @@ def _readable_times(value: Any) -> Any:
     return value
 
 
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
-
-
 class PrivacyService:
     """`/privacy`, `/export` and `/forget` without a transport. `store` is a `storage.privacy.PrivacyStore`."""
 
@@ -59,7 +56,7 @@ class PrivacyService:
         self.clock = clock
 
     async def privacy_text(self, user_id: str) -> str:
-        """What is stored about the user, in plain words (fits one Discord message)."""
+        """What is stored about the user, in plain words (markup; a transport fits it to its own limits)."""
         s = await self.store.summary(str(user_id))
         items = []
         if s["tracks"] or s["deleted_tracks"]:
@@ -88,8 +85,7 @@ class PrivacyService:
                  "you sent), and the files themselves never name you.",
                  "`/export` sends you a copy of all of it as JSON. `/forget` deletes it; you choose whether your "
                  "tracks are deleted too or stay anonymously."]
-        text = "\n".join(lines)
-        return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+        return "\n".join(lines)
 
     async def export_json(self, user_id: str) -> bytes:
         """Everything stored about the user as pretty, UTF-8 JSON."""

@@ -9,53 +9,49 @@ itself, from the audio they made, and is rendered and delivered like any continu
 Helper windows store their audio unprocessed (float WAV, no loudness or fades), so the joins stay sample-exact.
 Their progress is reported as the owner's, across all windows.
 
-The JSON the chain keeps in `Job.spec`:
-
-    owner   {"chain": {"windows": [[context_s, new_s], ...], "outputs": [rel, ...]}}   outputs: one per finished helper
-    helper  {"window_of": owner_id, "window": k}   (k = 1 .. n-1); its output path goes into the owner's "outputs"
+The chain lives in the typed spec (generation/spec.py): the owner's `spec.chain` holds the windows and the audio
+of each finished helper; a helper's `spec.window` names its owner, its index and (once done) its output.
 """
 
 from __future__ import annotations
 
 from generation.continuation import plan_windows
 from generation.jobs import Job, JobKind
+from generation.spec import ChainPlan, JobSpec, WindowRef
 from generation.types import tokens_for
-
-CHAIN_KEY = "chain"
-WINDOW_OF = "window_of"
 
 
 def plan_chain(job: Job, window_s: float) -> list[tuple[float, float]] | None:
     """The windows of a continuation that needs more than one, or None (one window, or not a continuation).
 
-    Needs `spec["source_s"]`, the length of the audio being continued, which the conversation layer knows, and
+    Needs `spec.source_s`, the length of the audio being continued, which the conversation layer knows, and
     one variation (`/extend` makes one).
     """
-    if job.kind is not JobKind.CONTINUE or WINDOW_OF in job.spec or "source_s" not in job.spec:
+    if job.kind is not JobKind.CONTINUE or job.spec.window is not None or job.spec.source_s is None:
         return None
     if job.variations != 1:  # several variations continue in one job, window by window inside it
         return None
     try:
-        windows = plan_windows(float(job.spec["source_s"]), job.duration_s, max_call_s=window_s)
+        windows = plan_windows(job.spec.source_s, job.duration_s, max_call_s=window_s)
     except ValueError:
         return None  # the runner refuses it with the user's message
     return windows if len(windows) > 1 else None
 
 
 def is_owner(job: Job) -> bool:
-    return CHAIN_KEY in job.spec
+    return job.spec.chain is not None
 
 
 def owner_of(job: Job) -> str | None:
-    return job.spec.get(WINDOW_OF)
+    return job.spec.window.owner_id if job.spec.window is not None else None
 
 
 def windows_of(owner: Job) -> list[tuple[float, float]]:
-    return [tuple(w) for w in owner.spec[CHAIN_KEY]["windows"]]
+    return [tuple(w) for w in owner.spec.chain.windows]
 
 
 def outputs_of(owner: Job) -> list[str]:
-    return list(owner.spec[CHAIN_KEY].get("outputs", []))
+    return list(owner.spec.chain.outputs)
 
 
 def helper_key(owner: Job, index: int) -> str:
@@ -65,7 +61,7 @@ def helper_key(owner: Job, index: int) -> str:
 
 def start_chain(owner: Job, windows: list[tuple[float, float]]) -> None:
     """Record the chain in the owner's spec (before its row is written)."""
-    owner.spec[CHAIN_KEY] = {"windows": [list(w) for w in windows], "outputs": []}
+    owner.spec.chain = ChainPlan(windows=[tuple(w) for w in windows])
 
 
 def next_window(owner: Job) -> int:
@@ -82,15 +78,15 @@ def helper_job(owner: Job, index: int) -> Job:
         user_id=owner.user_id, prompt=owner.prompt, duration_s=windows[index - 1][1], model=owner.model,
         kind=JobKind.CONTINUE, operation=owner.operation, variations=1, seed=owner.seed, sampling=owner.sampling,
         input_audio=source, parent_track_id=owner.parent_track_id, guild_id=owner.guild_id,
-        channel_id=owner.channel_id, delivery={}, spec={WINDOW_OF: owner.id, "window": index},
+        channel_id=owner.channel_id, spec=JobSpec(window=WindowRef(owner.id, index)),
         idempotency_key=helper_key(owner, index),
     )
 
 
 def window_index(job: Job) -> int:
     """Which window of its chain a job makes (1-based); 1 for a job that is not part of a chain."""
-    if WINDOW_OF in job.spec:
-        return int(job.spec["window"])
+    if job.spec.window is not None:
+        return job.spec.window.index
     if is_owner(job):
         return len(windows_of(job))
     return 1

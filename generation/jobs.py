@@ -10,8 +10,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
+from generation.spec import JobSpec
 from generation.types import SamplingParams
 
 
@@ -55,6 +56,27 @@ class Operation(str, Enum):
     MORE_LIKE = "more_like"
 
 
+@dataclass(frozen=True)
+class DeliveryAddress:
+    """Which transport delivers a job (`sink`) and its own serialised delivery data, which only it reads.
+
+    Each transport owns a typed delivery dataclass and turns it into and out of `fields` (JSON-serialisable);
+    the engine and storage carry it without looking inside.
+    """
+
+    sink: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.fields, "sink": self.sink}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "DeliveryAddress":
+        data = dict(data or {})
+        sink = str(data.pop("sink", "") or "")
+        return cls(sink=sink, fields=data)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -76,12 +98,10 @@ class Job:
     guild_id: str | None = None
     channel_id: str | None = None
     # Where and how to deliver the result; opaque to the engine, read by the transport's delivery sink.
-    delivery: dict[str, Any] = field(default_factory=dict)
-    # Kind-specific parameters (song sections, blended tags, variation strength...), JSON-serialisable.
-    spec: dict[str, Any] = field(default_factory=dict)
+    delivery: DeliveryAddress = field(default_factory=DeliveryAddress)
+    # Kind-specific parameters (song sections, blended tags, variation strength, chains...).
+    spec: JobSpec = field(default_factory=JobSpec)
     idempotency_key: str | None = None
-    # Unix time after which the transport's interaction token no longer works (Discord: 15 minutes).
-    interaction_expires_at: float | None = None
     id: str = field(default_factory=new_id)
     state: JobState = JobState.QUEUED
     delivery_state: DeliveryState = DeliveryState.PENDING

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from generation.backend import Backend, ModelLoadError
+from generation.hub import hub_load_options
 from generation.musicgen import MusicGenBase, explain_load_error, is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
 
@@ -191,14 +192,18 @@ class MelodyBackend(MusicGenBase):
     def _load_pretrained(cls, model_id: str):
         from transformers import AutoConfig, AutoTokenizer, MusicgenMelodyForConditionalGeneration
 
-        config = AutoConfig.from_pretrained(model_id)
+        try:
+            options = hub_load_options(model_id, setting=MELODY_SETTING)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{MELODY_NEEDED} {error}") from error
+        config = AutoConfig.from_pretrained(model_id, **options)
         if config.model_type != "musicgen_melody":
             raise ModelLoadError(f"{MELODY_NEEDED} {model_id} holds a {config.model_type} model, which cannot "
                                  "follow a melody.")
         # Only the tokenizer is needed (the chroma is computed here), and AutoProcessor would fail without
         # torchaudio because of the melody feature extractor.
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = MusicgenMelodyForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **options)
+        model = MusicgenMelodyForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32, **options)
         return tokenizer, model
 
     @classmethod

@@ -8,14 +8,22 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
+from enum import Enum
 
 from generation.backend import Backend, ModelLoadError
+from generation.hub import hub_load_options
+from generation.spec import JobSpec
+from generation.types import tokens_for
 
 log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, *, device: str = "auto", dtype: str = "auto", compile: bool = False, threads: int = 0) -> None:
+    def __init__(self, *, device: str = "auto", dtype: str = "auto", compile: bool = False, threads: int = 0,
+                 setting_for: Callable[[str], str] = lambda model_id: "BANDMATE_MODEL") -> None:
+        """setting_for(model_id): the variable that names the model, for errors that say what to change."""
+        self.setting_for = setting_for
         self.threads = threads
         self.device = device
         self.dtype = dtype
@@ -40,10 +48,10 @@ class ModelRegistry:
 
     __call__ = get
 
-    def loaded(self) -> list[Backend]:
-        return list(self._loaded.values())
-
     def _load(self, model_id: str) -> Backend:
+        # First, before torch and transformers are even imported (seconds): a model that must come from a hub that
+        # cannot be reached fails here, in one line, instead of after minutes of download retries.
+        hub_load_options(model_id, setting=self.setting_for(model_id))
         if self.threads:
             import torch
 
@@ -54,7 +62,10 @@ class ModelRegistry:
             from generation.stable_audio import StableAudioBackend
 
             return StableAudioBackend.load(model_id, device=self.device, dtype=self.dtype, compile=self.compile)
-        if checkpoint_model_type(model_id) == "musicgen_melody":  # --- REMIX: the melody model's own backend ---
+        kind = checkpoint_model_type(model_id)
+        # A hub id whose config cannot be fetched goes by its name, so its error names BANDMATE_MELODY_MODEL.
+        guessed = kind is None and not os.path.isdir(model_id) and "melody" in model_id.lower()
+        if kind == "musicgen_melody" or guessed:  # --- REMIX: the melody model's own backend ---
             from generation.melody import MelodyBackend
 
             return MelodyBackend.load(model_id, device=self.device, dtype=self.dtype, compile=self.compile)
@@ -66,7 +77,7 @@ def checkpoint_model_type(model_id: str) -> str | None:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model_id).model_type
+        return AutoConfig.from_pretrained(model_id, **hub_load_options(model_id)).model_type
     except Exception as error:  # noqa: BLE001 - any failure falls through to the loader's own error message
         log.debug("no readable config for %s: %s", model_id, error)
         return None
@@ -88,7 +99,7 @@ def pipeline_class(model_id: str) -> str | None:
         else:
             from huggingface_hub import hf_hub_download
 
-            path = hf_hub_download(model_id, "model_index.json")
+            path = hf_hub_download(model_id, "model_index.json", **hub_load_options(model_id))
         with open(path, encoding="utf-8") as f:
             return json.load(f).get("_class_name")
     except Exception as error:  # noqa: BLE001 - not a readable diffusers pipeline: the MusicGen path decides
@@ -105,27 +116,63 @@ def is_stable_audio(model_id: str) -> bool:
     return not os.path.isdir(model_id) and "stable-audio" in model_id.lower()
 
 
-# --- what a model can do, known without loading it (for refusing early, /help and doctor) ----------------------
+# --- what a model can do, known without loading it (for refusing early, batching, /help and doctor) ------------
 
 MUSICGEN_LICENSE = "CC-BY-NC 4.0 (weights), MIT (code)"
 STABLE_AUDIO_LICENSE = "Stability AI Community License"
+STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not imported: it pulls in torch)
+
+
+class Family(str, Enum):
+    MUSICGEN = "musicgen"
+    MUSICGEN_MELODY = "musicgen-melody"
+    STABLE_AUDIO = "stable-audio"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A family's abilities and defaults: every layer asks these instead of comparing family names."""
+
     model_id: str
-    family: str  # "musicgen" | "musicgen-melody" | "stable-audio"
+    family: Family
     license: str
     supports_continuation: bool
     default_guidance: float
+    # Diffusion families run a fixed number of denoising steps whatever the duration; None: one step per token.
+    default_steps: int | None = None
+    # Variations (and more like this) of a track start from its audio (audio-to-audio) at this strength.
+    variation_strength: float | None = None
+
+    @property
+    def diffusion(self) -> bool:
+        return self.default_steps is not None
+
+    def steps_for(self, seconds: float, spec: JobSpec) -> int:
+        """Model steps of a call making `seconds` of audio: what progress bars and ETAs count."""
+        if self.default_steps is not None:
+            return int(spec.steps or self.default_steps)
+        return tokens_for(seconds)
+
+    def batch_key(self, spec: JobSpec, has_input_audio: bool) -> tuple:
+        """What must match, beyond model, kind and sampling, for two jobs to share one model call."""
+        if not self.diffusion:
+            return ()
+        return spec.steps, spec.strength, spec.negative_prompt, has_input_audio
+
+    @property
+    def any_duration_batches(self) -> bool:
+        """Every diffusion call denoises the model's whole window and crops after: durations need not match."""
+        return self.diffusion
 
 
 @functools.lru_cache(maxsize=64)
 def model_info(model_id: str) -> ModelInfo:
     """The family of a model id (hub id or folder) from its config files; MusicGen when they cannot be read."""
     if is_stable_audio(model_id):
-        return ModelInfo(model_id, "stable-audio", STABLE_AUDIO_LICENSE, False, 7.0)
+        return ModelInfo(model_id, Family.STABLE_AUDIO, STABLE_AUDIO_LICENSE, supports_continuation=False,
+                         default_guidance=7.0, default_steps=STABLE_AUDIO_DEFAULT_STEPS, variation_strength=0.5)
     kind = checkpoint_model_type(model_id)
     melody = kind == "musicgen_melody" or (kind is None and "melody" in model_id.lower())
     licence = MUSICGEN_LICENSE if model_id.startswith("facebook/musicgen") else "see the model card"
-    return ModelInfo(model_id, "musicgen-melody" if melody else "musicgen", licence, not melody, 3.0)
+    return ModelInfo(model_id, Family.MUSICGEN_MELODY if melody else Family.MUSICGEN, licence,
+                     supports_continuation=not melody, default_guidance=3.0)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
+from generation.hub import hub_load_options
 from generation.sampling import RowSampler, SamplingFinished
 from generation.types import DELAY_STEPS, Audio, GenerationRequest, ProgressCallback, SamplingParams, tokens_for
 
@@ -265,9 +266,10 @@ class MusicGenBackend(MusicGenBase):
     def _load_pretrained(cls, model_id: str):
         from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-        processor = AutoProcessor.from_pretrained(model_id)
+        options = hub_load_options(model_id)  # a hub id that cannot be fetched fails here, in one line
+        processor = AutoProcessor.from_pretrained(model_id, **options)
         # The default attention is SDPA wherever the sub-model supports it (EnCodec has none).
-        model = MusicgenForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32)
+        model = MusicgenForConditionalGeneration.from_pretrained(model_id, dtype=torch.float32, **options)
         return processor, model
 
     def _check_batch(self, requests: list[GenerationRequest]) -> None:

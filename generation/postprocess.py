@@ -30,6 +30,7 @@ import soxr
 from mutagen.id3 import CHAP, COMM, CTOC, ID3, TIT2, TPE1, TSSE, TXXX, CTOCFlags, ID3NoHeaderError
 
 from generation import __version__
+from generation.atomic import write_atomic
 from generation.types import Audio
 from generation.waveform import render_waveform
 
@@ -108,33 +109,6 @@ def _personal_keys(value: Any) -> set[str]:
         for inner in value:
             found |= _personal_keys(inner)
     return found
-
-
-# --- atomic files ------------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path | str, data: bytes) -> Path:
-    """Write `data` to `path` so that readers see either the old file or the whole new one, never a part.
-
-    The temporary file is a dotfile in the same directory (same filesystem, so `os.replace` is atomic); it is
-    removed if anything fails.
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; these files are served to others
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 # --- samples -----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from generation.backend import Backend
 from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track, write_wav_float
+from generation.spec import ChorusMode
 from generation.song import compose_song, sections_from_spec, song_layout
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
@@ -92,27 +93,25 @@ class JobRunner:
         """A TEXT job's request. --- STABLE AUDIO: steps, negative prompt and strength come from `job.spec`; a
         VARIATION of a stored track (`input_audio`) with a strength varies that audio (audio-to-audio). ---"""
         spec = job.spec
-        strength = spec.get("strength")
         init_audio = None
-        if job.operation is Operation.VARIATION and job.input_audio and strength is not None:
+        if job.operation is Operation.VARIATION and job.input_audio and spec.strength is not None:
             init_audio = load_master(self.media.absolute(job.input_audio), backend.sample_rate)
         return GenerationRequest(
             prompt=job.prompt, duration_s=job.duration_s, variations=job.variations, seed=job.seed,
-            sampling=job.sampling, steps=spec.get("steps"), negative_prompt=spec.get("negative_prompt"),
-            init_audio=init_audio, strength=None if strength is None else float(strength),
+            sampling=job.sampling, steps=spec.steps, negative_prompt=spec.negative_prompt,
+            init_audio=init_audio, strength=spec.strength,
         )
 
     def _compose(self, backend: Backend, job: Job, progress: ProgressCallback | None,
                  should_stop: Callable[[], bool] | None) -> list[Audio]:
-        """SONG: one whole song per variation (seed + i), progress over all of them. With `spec["chorus"] ==
-        "melody"` a returning chorus follows the first one's melody through the melody model instead of repeating
+        """SONG: one whole song per variation (seed + i), progress over all of them. With `spec.chorus` MELODY a returning chorus follows the first one's melody through the melody model instead of repeating
         its audio."""
         sections = sections_from_spec(job.spec)
         melody = None
-        if job.spec.get("chorus") == "melody":
+        if job.spec.chorus is ChorusMode.MELODY:
             from generation.melody import melody_backend  # imports torch: only where it is used
 
-            melody = melody_backend(self.backend_for, job.spec.get("melody_model"))
+            melody = melody_backend(self.backend_for, job.spec.melody_model)
         songs = []
         for i in range(job.variations):
             def report(p: Progress, i: int = i) -> None:
@@ -165,14 +164,14 @@ class JobRunner:
             if job.parent_track_id:
                 params["parent_track_id"] = job.parent_track_id
             for key in ("steps", "negative_prompt", "strength"):  # --- STABLE AUDIO: diffusion settings ---
-                if job.spec.get(key) is not None:
-                    params[key] = job.spec[key]
+                if getattr(job.spec, key) is not None:
+                    params[key] = getattr(job.spec, key)
             sections = None
             if job.kind is JobKind.SONG:  # --- SONG: lineage of every section, chapters, labelled waveform ---
                 spans = song_layout(sections_from_spec(job.spec))
                 params["sections"] = [{"name": s.name, "label": s.label, "start_s": s.start_s, "end_s": s.end_s}
                                       for s in spans]
-                params["chorus"] = job.spec.get("chorus", "reuse")
+                params["chorus"] = job.spec.chorus.value
                 sections = [(s.start_s, s.label) for s in spans]
             provenance = Provenance(
                 track_id=track_id, prompt=job.prompt, seed=job.seed + i, model_id=job.model,

@@ -16,46 +16,40 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Awaitable, Callable, Protocol
 
 from generation import chain
 from generation.backend import GenerationCancelled, OutOfMemory
+from generation.events import EventKind, JobEvent
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
-from generation.runner import JobRunner
-from generation.types import Audio, Progress, tokens_for
+from generation.models import ModelInfo, model_info
+from generation.types import Progress
+
+__all__ = ["EventKind", "JobEvent", "QueueRefused", "Scheduler", "SchedulerConfig", "batch_compatible", "job_steps"]
 
 log = logging.getLogger(__name__)
 
-STABLE_AUDIO = "stable-audio"  # job.spec["family"] of Stable Audio jobs
-STABLE_AUDIO_DEFAULT_STEPS = 100  # generation.stable_audio.DEFAULT_STEPS (not imported: it pulls in torch)
+ModelInfoFor = Callable[[str], ModelInfo]
 
 
-def job_steps(job: Job) -> int:
-    if job.spec.get("family") == STABLE_AUDIO:  # --- STABLE AUDIO: denoising steps, whatever the duration ---
-        return int(job.spec.get("steps") or STABLE_AUDIO_DEFAULT_STEPS)
-    return tokens_for(chain.window_add_s(job))
+def job_steps(job: Job, info_for: ModelInfoFor = model_info) -> int:
+    """The model steps of this job's call (a chain's owner: its own last window)."""
+    return info_for(job.model).steps_for(chain.window_add_s(job), job.spec)
 
 
-def _diffusion_key(job: Job) -> tuple:
-    """What must match for diffusion jobs to share a call (all None/False for MusicGen jobs, so they match)."""
-    spec = job.spec
-    return spec.get("steps"), spec.get("strength"), spec.get("negative_prompt"), job.input_audio is not None
-
-
-def batch_compatible(head: Job, other: Job, durations: list[float], padding_waste: float = 0.25) -> bool:
+def batch_compatible(head: Job, other: Job, durations: list[float], padding_waste: float = 0.25,
+                     info_for: ModelInfoFor = model_info) -> bool:
     """May `other` join a batch led by `head` whose jobs have `durations`? Shared with the Redis workers."""
     if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
         return False
     if head.kind in (JobKind.CONTINUE, JobKind.SONG):  # windowed, one piece per model thread
         return False
-    # --- STABLE AUDIO: same steps, strength, negative prompt and init-audio use; any durations, since every call
-    # denoises the model's whole window and crops afterwards. (Same model id implies the same family.) ---
-    if _diffusion_key(other) != _diffusion_key(head):
+    info = info_for(head.model)  # same model id, same family
+    if info.batch_key(other.spec, other.input_audio is not None) != info.batch_key(head.spec,
+                                                                                  head.input_audio is not None):
         return False
-    if head.spec.get("family") == STABLE_AUDIO:
+    if info.any_duration_batches:
         return True
     longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
     return shortest >= (1.0 - padding_waste) * longest
@@ -67,29 +61,6 @@ class QueueRefused(Exception):
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message)
         self.user_message = user_message
-
-
-class EventKind(str, Enum):
-    QUEUED = "queued"
-    POSITION = "position"
-    STARTED = "started"
-    PROGRESS = "progress"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    REQUEUED = "requeued"
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    kind: EventKind
-    job_id: str
-    user_id: str
-    step: int = 0
-    total: int = 0
-    position: int | None = None  # 1 = next to run
-    eta_s: float | None = None
-    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,53 +101,6 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalExecutor:
-    """The model in one worker thread; rendering in other threads so the next batch starts at once."""
-
-    batch_limit = None
-
-    def __init__(self, runner: JobRunner, *, render_threads: int = 2,
-                 model_thread: ThreadPoolExecutor | None = None) -> None:
-        """model_thread: a one-worker pool to share (its owner shuts it down), for callers that run other torch work.
-
-        All torch work of a process belongs on ONE thread. Each thread that runs torch ops gets its own OpenMP team;
-        once a process has more OpenMP threads than cores, libgomp throttles its spin-wait and every parallel region
-        pays a futex wake-up: on 2 cores a 5 s clip took 4.4 s on a second thread against 2.9 s on the first.
-        """
-        self.runner = runner
-        self._owns_model_thread = model_thread is None
-        self._model = model_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
-        self._render = ThreadPoolExecutor(max_workers=render_threads, thread_name_prefix="bandmate-render")
-        self._generating = False
-        self.on_capacity: Callable[[], None] = lambda: None
-
-    def has_capacity(self) -> bool:
-        return not self._generating
-
-    async def in_model_thread(self, fn, *args):
-        """Run fn in the model thread (loading a model there keeps all torch work on one thread)."""
-        return await asyncio.get_running_loop().run_in_executor(self._model, fn, *args)
-
-    async def execute(self, jobs, progress, should_stop):
-        loop = asyncio.get_running_loop()
-        self._generating = True
-        try:
-            audios: dict[str, list[Audio]] = await loop.run_in_executor(
-                self._model, lambda: self.runner.generate(jobs, progress=progress, should_stop=should_stop)
-            )
-        finally:
-            self._generating = False
-            self.on_capacity()
-        renders = [loop.run_in_executor(self._render, self.runner.render, job, audios[job.id]) for job in jobs]
-        results = await asyncio.gather(*renders)
-        return {job.id: tracks for job, tracks in zip(jobs, results)}
-
-    async def close(self) -> None:
-        if self._owns_model_thread:
-            self._model.shutdown(wait=True, cancel_futures=True)
-        self._render.shutdown(wait=True, cancel_futures=True)
-
-
 @dataclass
 class _Batch:
     jobs: list[Job]
@@ -189,8 +113,11 @@ class _Batch:
 
 class Scheduler:
     def __init__(self, store: JobStore, executor: Executor, config: SchedulerConfig = SchedulerConfig(), *,
-                 remove_files: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
-        """remove_files: deletes files of the media store by relative path (a chain's intermediate audio)."""
+                 remove_files: Callable[[list[str]], Awaitable[None]] | None = None,
+                 model_info: ModelInfoFor = model_info) -> None:
+        """remove_files: deletes files of the media store by relative path (a chain's intermediate audio).
+        model_info: a model's family facts (steps per call, what may share a call), known without loading it."""
+        self.model_info = model_info
         self.store = store
         self.executor = executor
         self.config = config
@@ -311,7 +238,7 @@ class Scheduler:
             total = chain.chain_steps(stored)[1]
         else:
             self._enqueue(stored)
-            total = job_steps(stored)
+            total = job_steps(stored, self.model_info)
         position = self.position(stored.id)
         self._emit(JobEvent(EventKind.QUEUED, stored.id, stored.user_id, position=position,
                             eta_s=self.eta(stored.id), total=total))
@@ -373,7 +300,7 @@ class Scheduler:
         ahead = 0.0
         for job in self._fair_order():
             share = min(1.0, job.rows / max(1, self.config.max_batch))
-            ahead += job_steps(job) * self._step_s * share
+            ahead += job_steps(job, self.model_info) * self._step_s * share
             if job.id == job_id:
                 return running + ahead
         return None
@@ -399,7 +326,7 @@ class Scheduler:
         return order
 
     def _compatible(self, head: Job, other: Job, durations: list[float]) -> bool:
-        return batch_compatible(head, other, durations, self.config.padding_waste)
+        return batch_compatible(head, other, durations, self.config.padding_waste, self.model_info)
 
     def _next_batch(self) -> list[Job]:
         order = self._fair_order()
@@ -458,7 +385,7 @@ class Scheduler:
             job.started_at = now
             job.attempts += 1
             await self.store.update_job(job)
-        batch = _Batch(jobs=jobs, total=max(job_steps(j) for j in jobs))
+        batch = _Batch(jobs=jobs, total=max(job_steps(j, self.model_info) for j in jobs))
         self._batches.append(batch)
         log.info("batch of %d jobs (%d sequences, %d steps): %s", len(jobs), sum(j.rows for j in jobs), batch.total,
                  " ".join(j.id for j in jobs))
@@ -650,8 +577,8 @@ class Scheduler:
             helper = await self.store.add_job(chain.helper_job(owner, index))
             self._held[owner.id] = helper.id
             self._helper_owner[helper.id] = owner.id
-            if helper.state is JobState.DONE and helper.spec.get("output"):
-                await self._record_output(owner, helper.spec["output"])
+            if helper.state is JobState.DONE and helper.spec.window.output:
+                await self._record_output(owner, helper.spec.window.output)
                 continue
             if helper.state in (JobState.FAILED, JobState.CANCELLED):
                 self._held.pop(owner.id, None)
@@ -667,7 +594,7 @@ class Scheduler:
             return
 
     async def _record_output(self, owner: Job, output: str) -> None:
-        owner.spec[chain.CHAIN_KEY]["outputs"].append(output)
+        owner.spec.chain.outputs.append(output)
         await self.store.record_spec(owner)
 
     async def _remove(self, rels: list[str]) -> None:
@@ -682,7 +609,7 @@ class Scheduler:
 
         A cancel that arrived after the model call ended is honoured by _advance_chain (via _chain_cancel)."""
         output = tracks[0].flac if tracks else None
-        helper.spec["output"] = output
+        helper.spec.window.output = output
         await self.store.record_spec(helper)  # first: a helper row that says DONE always names its output
         await self.store.complete_job(helper, [])
         await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
@@ -715,12 +642,12 @@ class Scheduler:
 
     async def redeliver(self) -> None:
         for job in await self.store.undelivered_jobs():
-            if job.delivery.get("sink") in self._sinks:
+            if job.delivery.sink in self._sinks:
                 tracks = await self.store.tracks_for_job(job.id) if job.state is JobState.DONE else []
                 self._spawn(self._deliver(job, tracks))
 
     async def _deliver(self, job: Job, tracks: list[TrackRecord]) -> None:
-        sink = self._sinks.get(job.delivery.get("sink", ""))
+        sink = self._sinks.get(job.delivery.sink)
         if sink is None:
             return  # stays undelivered until its transport registers
         for attempt in range(1, self.config.delivery_retries + 1):

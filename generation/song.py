@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from generation.spec import JobSpec
 from generation.backend import Backend, GenerationCancelled
 from generation.continuation import ContinuationError, continue_audio, plan_windows
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
@@ -206,17 +207,16 @@ def validate_sections(sections: Iterable[Section | tuple[str, float] | list[Any]
     return out
 
 
-def sections_from_spec(spec: dict[str, Any]) -> list[Section]:
-    """The sections stored in a job's spec (`{"sections": [[name, seconds], ...]}`), checked again."""
-    raw = spec.get("sections")
-    if not isinstance(raw, list):
+def sections_from_spec(spec: JobSpec) -> list[Section]:
+    """The sections stored in a job's spec, checked again."""
+    if not spec.sections:
         raise SongError("This song job has no sections.")
-    return validate_sections(raw)
+    return validate_sections([list(s) for s in spec.sections])
 
 
-def sections_to_spec(sections: Iterable[Section]) -> list[list[Any]]:
-    """The JSON form a job's spec stores."""
-    return [[s.name, s.seconds] for s in sections]
+def sections_to_spec(sections: Iterable[Section]) -> tuple[tuple[str, float], ...]:
+    """The form a job's spec holds: (name, seconds) pairs."""
+    return tuple((s.name, float(s.seconds)) for s in sections)
 
 
 # --- layout and wording --------------------------------------------------------------------------------------------

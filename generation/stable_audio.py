@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
+from generation.hub import hub_load_options
 from generation.musicgen import DeviceChoice, choose_device, is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
@@ -126,8 +127,16 @@ class StableAudioBackend:
             from diffusers import StableAudioPipeline
             from diffusers.utils import is_accelerate_available
 
+            try:
+                options = hub_load_options(model_id)
+            except ModelLoadError as error:  # the download needs a token too: say so before the operator fetches it
+                if "gated" in str(error):
+                    raise
+                raise ModelLoadError(f"{error} Stable Audio Open is a gated model: accept the licence on the model's "
+                                     f"hub page (https://huggingface.co/{model_id}) while logged in, then set "
+                                     "HF_TOKEN to an access token of that account.") from error
             pipe = StableAudioPipeline.from_pretrained(
-                model_id, dtype=getattr(torch, choice.dtype), low_cpu_mem_usage=is_accelerate_available(),
+                model_id, dtype=getattr(torch, choice.dtype), low_cpu_mem_usage=is_accelerate_available(), **options,
             )
             pipe.to(choice.device)
         except ModelLoadError:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from generation.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 BACKGROUND = (27, 28, 32)
@@ -214,7 +216,6 @@ def render_waveform(
     `sections` are (start_s, label) markers drawn as labelled vertical lines.
     """
     # Imported here: postprocess imports this module, and owns the one atomic-write helper.
-    from generation.postprocess import write_atomic
 
     image = draw_waveform(samples, sample_rate, title=title, width=width, height=height, sections=sections)
     buffer = io.BytesIO()

@@ -16,31 +16,18 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
+
+from generation.atomic import TEMP_PREFIX, fsync_dir, write_atomic_with
 
 log = logging.getLogger(__name__)
 
 AUDIO_DIR = "audio"
 STAGING_DIR = "tmp"
-TEMP_PREFIX = ".tmp-"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COPY_CHUNK = 1 << 20
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # not supported here (e.g. Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class FileStore:
@@ -86,22 +73,7 @@ class FileStore:
     def _atomic_write(self, rel: str, fill: Callable[[BinaryIO], None]) -> Path:
         dest = self.absolute(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(dest.parent)
-        return dest
+        return write_atomic_with(dest, fill)
 
     def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> Path:
         """Atomically create or replace `rel` with `data`; returns the absolute path."""
@@ -125,7 +97,7 @@ class FileStore:
                 if exc.errno != errno.EXDEV:
                     raise
             else:
-                _fsync_dir(dest.parent)
+                fsync_dir(dest.parent)
                 return dest
         with open(src, "rb") as source:
             dest = self._atomic_write(rel, lambda f: shutil.copyfileobj(source, f, _COPY_CHUNK))

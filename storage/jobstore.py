@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
-from generation.jobs import DeliveryState, Job, JobKind, JobState, Operation, TrackRecord
+from generation.jobs import DeliveryAddress, DeliveryState, Job, JobKind, JobState, Operation, TrackRecord
+from generation.spec import JobSpec
 from generation.types import SamplingParams
 from storage.database import Database
 
@@ -47,10 +48,9 @@ def _job_to_row(job: Job) -> dict[str, Any]:
         "parent_track_id": job.parent_track_id,
         "guild_id": job.guild_id,
         "channel_id": job.channel_id,
-        "delivery": json.dumps(job.delivery, sort_keys=True),
-        "spec": json.dumps(job.spec, sort_keys=True),
+        "delivery": json.dumps(job.delivery.to_dict(), sort_keys=True),
+        "spec": json.dumps(job.spec.to_dict(), sort_keys=True),
         "idempotency_key": job.idempotency_key,
-        "interaction_expires_at": job.interaction_expires_at,
         "state": JobState(job.state).value,
         "delivery_state": DeliveryState(job.delivery_state).value,
         "attempts": int(job.attempts),
@@ -79,10 +79,9 @@ def _row_to_job(row: dict[str, Any]) -> Job:
         parent_track_id=row["parent_track_id"],
         guild_id=row["guild_id"],
         channel_id=row["channel_id"],
-        delivery=json.loads(row["delivery"] or "{}"),
-        spec=json.loads(row.get("spec") or "{}"),
+        delivery=DeliveryAddress.from_dict(json.loads(row["delivery"] or "{}")),
+        spec=JobSpec.from_dict(json.loads(row.get("spec") or "{}")),
         idempotency_key=row["idempotency_key"],
-        interaction_expires_at=row["interaction_expires_at"],
         state=JobState(row["state"]),
         delivery_state=DeliveryState(row["delivery_state"]),
         attempts=row["attempts"],
@@ -221,7 +220,7 @@ class SqliteJobStore:
     async def record_spec(self, job: Job) -> None:
         """Write the job's spec (a chain's progress), unless its row was anonymised by /forget meanwhile: a
         forgotten user's prompt, tags and paths must not come back from a job that was still in memory."""
-        spec = json.dumps(job.spec, sort_keys=True)
+        spec = json.dumps(job.spec.to_dict(), sort_keys=True)
 
         def record(db: sqlite_utils.Database) -> None:
             db.execute("UPDATE jobs SET spec = ? WHERE id = ? AND user_id = ?", [spec, job.id, job.user_id])
@@ -468,11 +467,3 @@ class Leaderboard:
             return results
 
         return await self.db.write(close)
-
-    async def winner(self, job_id: str) -> str | None:
-        def get(db: sqlite_utils.Database) -> str | None:
-            row = db.execute("SELECT winner_track_id FROM voting_windows WHERE job_id = ? AND closed = 1",
-                             [job_id]).fetchone()
-            return row[0] if row else None
-
-        return await self.db.read(get)

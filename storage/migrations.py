@@ -162,10 +162,19 @@ CREATE INDEX voting_windows_open ON voting_windows(closed, closes_at);
 CREATE INDEX tracks_by_guild ON tracks(guild_id, created);
 """
 
+def _delivery_expiry_into_delivery(db: sqlite_utils.Database) -> None:
+    """The interaction expiry belongs to the Discord transport's delivery data, not to the engine's job: move it
+    into the delivery JSON (as `expires_at`) and drop the column."""
+    db.conn.execute("UPDATE jobs SET delivery = json_set(CASE WHEN json_valid(delivery) THEN delivery ELSE '{}' END, "
+                    "'$.expires_at', interaction_expires_at) WHERE interaction_expires_at IS NOT NULL")
+    db.conn.execute("ALTER TABLE jobs DROP COLUMN interaction_expires_at")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "initial schema", _sql(_INITIAL_SCHEMA)),
     Migration(2, "job spec and conversation links", _sql(_JOB_SPEC_AND_LINKS)),
     Migration(3, "voting windows", _sql(_VOTING_WINDOWS)),
+    Migration(4, "interaction expiry moves into the delivery data", _delivery_expiry_into_delivery),
 ]
 
 

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import sqlite_utils
 
+from generation.spec import JobSpec
 from storage.database import Database
 from storage.files import FileStore
 
@@ -324,12 +325,7 @@ class PrivacyStore:
             # A long extend's intermediate audio (generation/chain.py), normally gone when its chain ends.
             if job_ids:
                 for (spec_text,) in ex(f"SELECT spec FROM jobs WHERE id IN ({marks})", job_ids).fetchall():
-                    spec = _json_obj(spec_text)
-                    if not isinstance(spec, dict):
-                        continue
-                    chained = spec.get("chain") if isinstance(spec.get("chain"), dict) else {}
-                    files.extend(p for p in [*chained.get("outputs", []), spec.get("output")]
-                                 if isinstance(p, str) and p)
+                    files.extend(JobSpec.from_dict(_json_obj(spec_text)).files())
 
             # After the tracks changed: an upload is removed unless a live track (anyone's) still uses the file.
             uploads = _orphan_uploads(db, job_ids)
@@ -341,8 +337,8 @@ class PrivacyStore:
             if job_ids:
                 blank = ", prompt = '', spec = '{}', error = NULL" if delete_tracks else ""
                 result.jobs = ex(
-                    f"UPDATE jobs SET user_id = ?, delivery = '{{}}', idempotency_key = NULL, channel_id = NULL, "
-                    f"interaction_expires_at = NULL{blank} WHERE id IN ({marks})", [FORGOTTEN_USER, *job_ids]).rowcount
+                    f"UPDATE jobs SET user_id = ?, delivery = '{{}}', idempotency_key = NULL, channel_id = NULL"
+                    f"{blank} WHERE id IN ({marks})", [FORGOTTEN_USER, *job_ids]).rowcount
             return result, list(dict.fromkeys(files))
 
         result, files = await self.db.write(erase)

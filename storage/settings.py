@@ -4,10 +4,8 @@ Why JSON objects rather than columns: these are a handful of small, optional val
 than the schema should (a new setting needs no migration: a missing key means its default). The cost is that
 nothing here can be queried by value, which nothing needs.
 
-Storage stores; it does not judge. Validation with user-facing messages lives in `bot/presets.py`; this module only
-refuses what would corrupt the row (an unknown setting name, a value of the wrong shape). Reading is forgiving the
-other way round: a key it does not know, or a value it cannot use, is ignored (logged) so one bad edit made by
-hand cannot take a server's settings down.
+Storage stores; it does not judge. What each server setting means, its default, its checks and its display are one
+table in `bot/guild_settings.py`; presets are checked in `bot/presets.py`. Invalid JSON in a row reads as empty.
 
 Every change is one write transaction that reads, modifies and writes the JSON, so two concurrent edits (two admins
 adding a channel at once) both land: writes are serialised on the database's single writer thread.
@@ -15,12 +13,9 @@ adding a channel at once) both land: writes are serialised on the database's sin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import sqlite_utils
@@ -30,77 +25,6 @@ from storage.database import Database
 log = logging.getLogger(__name__)
 
 PRESETS_KEY = "presets"
-
-
-@dataclass(frozen=True)
-class GuildSettings:
-    """A server's choices. `None` means "the bot's default", an empty allow-list means "every channel"."""
-
-    default_duration_s: float | None = None
-    default_model: str | None = None
-    max_variations: int = 4
-    allowed_channel_ids: tuple[str, ...] = ()
-    blocklist: tuple[str, ...] = ()
-    voting_window_s: int | None = None  # votes in this window after a result decide the winner; None: bot default
-    retention_days: int | None = None  # None: keep tracks forever
-    allow_model_choice: bool = False
-
-
-FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(GuildSettings))
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """The stored shape of one field (None: the default); raises ValueError/TypeError for a misfit value."""
-    if name not in FIELDS:
-        raise ValueError(f"unknown guild setting {name!r}")
-    if value is None:
-        return None
-    if name in ("allowed_channel_ids", "blocklist"):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
-            raise TypeError(f"{name} must be a list, got {type(value).__name__}")
-        out: list[str] = []
-        for item in value:
-            if not isinstance(item, (str, int)) or isinstance(item, bool):
-                raise TypeError(f"{name} items must be strings, got {type(item).__name__}")
-            text = str(item)
-            if text not in out:
-                out.append(text)
-        return tuple(out)
-    if name == "allow_model_choice":
-        if not isinstance(value, bool):
-            raise TypeError("allow_model_choice must be a bool")
-        return value
-    if name == "default_duration_s":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TypeError(f"{name} must be a number or None")
-        return float(value)
-    if name in ("max_variations", "voting_window_s", "retention_days"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or (isinstance(value, float) and not value.is_integer()):  # also NaN and infinity
-            raise TypeError(f"{name} must be a whole number")
-        return int(value)
-    if name == "default_model":
-        if not isinstance(value, str):
-            raise TypeError("default_model must be a string or None")
-        return value
-    raise ValueError(f"unknown guild setting {name!r}")
-
-
-def settings_from_json(data: Mapping[str, Any]) -> GuildSettings:
-    """Stored JSON -> GuildSettings, keeping defaults for anything missing or unusable."""
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        if name not in FIELDS:
-            log.debug("ignoring unknown guild setting %r", name)
-            continue
-        try:
-            coerced = _coerce(name, value)
-        except (TypeError, ValueError) as error:
-            log.warning("ignoring stored guild setting %s=%r: %s", name, value, error)
-            continue
-        if coerced is not None:  # a stored null is the default
-            kwargs[name] = coerced
-    return GuildSettings(**kwargs)
 
 
 def _load_json(text: str | None, what: str) -> dict[str, Any]:
@@ -187,49 +111,45 @@ class SettingsStore:
         row = db.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", [guild_id]).fetchone()
         return {} if row is None else _load_json(row[0], f"guild_settings of {guild_id}")
 
-    async def guild(self, guild_id: str) -> GuildSettings:
-        """The server's settings; all defaults for a server that never changed any."""
+    async def guild_ids(self) -> list[str]:
+        """Every server that changed a setting (housekeeping sweeps each one's retention)."""
+        return await self.db.read(
+            lambda db: [row[0] for row in db.execute("SELECT guild_id FROM guild_settings ORDER BY guild_id")])
+
+    async def guild(self, guild_id: str) -> dict[str, Any]:
+        """What the server chose, as stored (a JSON object; empty for a server that never changed anything).
+        The meaning of each key, its default and its checks live in bot/guild_settings.py."""
         guild_id = str(guild_id)
-        return settings_from_json(await self.db.read(lambda db: self._guild_json(db, guild_id)))
-
-    async def update_guild(self, guild_id: str, **changes: Any) -> GuildSettings:
-        """Set the given fields (others unchanged) and return the result.
-
-        `None` puts a field back to its default (for the nullable ones that is the same as setting None).
-        Unknown names or values of the wrong type raise ValueError/TypeError before anything is written.
-        """
-        for name, value in changes.items():
-            _coerce(name, value)  # fail before queueing a write
-        return await self.modify_guild(guild_id, lambda current: changes)
+        return await self.db.read(lambda db: self._guild_json(db, guild_id))
 
     async def modify_guild(
-        self, guild_id: str, change: Callable[[GuildSettings], Mapping[str, Any]]
-    ) -> GuildSettings:
-        """Read-modify-write in one transaction: `change(current)` returns the fields to set (None: default).
+        self, guild_id: str, change: Callable[[dict[str, Any]], Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """Read-modify-write in one transaction: `change(stored)` returns the keys to set (None: remove, so the
+        default applies again); returns the stored object after the change.
 
         For edits that depend on the current value (add a channel to the allow-list): done as a separate read
         and write, two concurrent edits could each overwrite the other. `change` runs on the writer thread; an
-        exception from it rolls back and reaches the caller unchanged.
+        exception from it rolls back and reaches the caller unchanged. Keys this version does not know are kept.
         """
         guild_id = str(guild_id)
 
-        def write(db: sqlite_utils.Database) -> GuildSettings:
-            stored = self._guild_json(db, guild_id)
-            # Only what someone chose is stored, so a server that never touched a field follows its default
-            # even if a later version changes it; keys this version does not know are kept as they are.
-            merged = dict(stored)
-            for name, value in change(settings_from_json(stored)).items():
-                coerced = _coerce(name, value)
-                if coerced is None:
+        def write(db: sqlite_utils.Database) -> dict[str, Any]:
+            merged = self._guild_json(db, guild_id)
+            for name, value in dict(change(dict(merged))).items():
+                if value is None:
                     merged.pop(name, None)
                 else:
-                    merged[name] = list(coerced) if isinstance(coerced, tuple) else coerced
+                    merged[name] = value
             text = json.dumps(merged, ensure_ascii=False, sort_keys=True)
             db.execute(
                 "INSERT INTO guild_settings (guild_id, settings, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings, updated = excluded.updated",
                 [guild_id, text, self.clock()],
             )
-            return settings_from_json(merged)
+            return merged
 
         return await self.db.write(write)
+
+    async def update_guild(self, guild_id: str, **changes: Any) -> dict[str, Any]:
+        return await self.modify_guild(guild_id, lambda stored: changes)

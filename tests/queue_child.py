@@ -13,10 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from generation.jobs import DeliveryAddress  # noqa: E402
 from generation.jobs import Job  # noqa: E402
 from generation.models import ModelRegistry  # noqa: E402
 from generation.runner import JobRunner  # noqa: E402
-from generation.scheduler import EventKind, LocalExecutor, Scheduler, SchedulerConfig  # noqa: E402
+from generation.local_executor import LocalExecutor
+from generation.scheduler import EventKind, Scheduler, SchedulerConfig  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.files import FileStore  # noqa: E402
 from storage.jobstore import SqliteJobStore  # noqa: E402
@@ -47,7 +49,7 @@ async def main(data: Path, model: str, mode: str, n: int) -> None:
     if mode == "submit":
         for i in range(n):
             job = await scheduler.submit(Job(user_id=f"u{i}", prompt="jazz drums", duration_s=12.0, model=model,
-                                             seed=i, delivery={"sink": "file"}))
+                                             seed=i, delivery=DeliveryAddress("file")))
             print(f"submitted {job.id}", flush=True)
     while True:
         lines = (data / "deliveries.txt").read_text().splitlines() if (data / "deliveries.txt").exists() else []

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from generation.jobs import Job
+from generation.jobs import DeliveryAddress, Job
 from generation.runner import JobRunner
-from generation.scheduler import EventKind, LocalExecutor, Scheduler, SchedulerConfig
+from generation.local_executor import LocalExecutor
+from generation.scheduler import EventKind, Scheduler, SchedulerConfig
 from storage.database import Database
 from storage.files import FileStore
 from storage.jobstore import SqliteJobStore
@@ -45,7 +46,7 @@ class Harness:
         await self.scheduler.start()
 
     def job(self, user: str, prompt: str = "jazz drums", duration: float = 1.0, **kw) -> Job:
-        return Job(user_id=user, prompt=prompt, duration_s=duration, model=self.model, delivery={"sink": "test"}, **kw)
+        return Job(user_id=user, prompt=prompt, duration_s=duration, model=self.model, delivery=DeliveryAddress("test"), **kw)
 
     async def _remove_files(self, rels: list[str]) -> None:
         self.removed.extend(rels)

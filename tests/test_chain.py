@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from generation.spec import JobSpec
 from generation.chain import helper_key, plan_chain
 from generation.jobs import DeliveryState, JobKind, JobState, Operation
 from generation.postprocess import write_flac
@@ -32,7 +33,7 @@ def source_audio(h: Harness, seconds: float = 2.0) -> str:
 
 def extend_job(h: Harness, user: str = "alice", add_s: float = 6.0, source_s: float = 2.0):
     return h.job(user, "lo-fi piano", duration=add_s, kind=JobKind.CONTINUE, operation=Operation.EXTEND, seed=11,
-                 input_audio=source_audio(h, source_s), spec={"source_s": source_s})
+                 input_audio=source_audio(h, source_s), spec=JobSpec(source_s=source_s))
 
 
 async def helpers_of(h: Harness, owner_id: str, count: int):
@@ -66,7 +67,7 @@ async def test_each_window_is_a_job_and_the_piece_is_one_file(harness):
     assert all(j.state is JobState.DONE and j.delivery_state is DeliveryState.DELIVERED for j in helpers)
     assert [await h.store.tracks_for_job(j.id) for j in helpers] == [[]] * 4  # no track anyone sees
     # Each window continues the previous one's audio untouched: every output starts with the one before.
-    outputs = [h.files.absolute(j.spec["output"]) for j in helpers]
+    outputs = [h.files.absolute(j.spec.window.output) for j in helpers]
     previous = sf.read(str(h.files.absolute(source)), dtype="float32")[0]
     for k, path in enumerate(outputs, start=1):
         audio, rate = sf.read(str(path), dtype="float32")
@@ -102,7 +103,7 @@ async def test_other_peoples_jobs_run_between_windows_and_windows_are_removed(ha
     bob = await h.store.get_job(other.id)
     # Alice's first window ran first; Bob's job did not wait for her whole piece.
     assert helpers[0].started_at <= bob.started_at <= helpers[1].started_at
-    assert sorted(h.removed) == sorted(j.spec["output"] for j in helpers)
+    assert sorted(h.removed) == sorted(j.spec.window.output for j in helpers)
     assert not any(h.files.absolute(rel).exists() for rel in h.removed)
     # A backup does not miss the deleted window files: finished windows' inputs are not referenced.
     made = await asyncio.to_thread(backup, h.db.path, h.files.root, tmp_path / "backup")
@@ -125,7 +126,7 @@ async def test_cancelling_the_piece_cancels_its_current_window(harness):
     assert (await h.store.get_job(owner.id)).state is JobState.CANCELLED
     first, second, third = await helpers_of(h, owner.id, 3)
     assert first.state is JobState.DONE and second.state is JobState.CANCELLED and third is None
-    assert h.removed == [first.spec["output"]] and not h.files.absolute(first.spec["output"]).exists()
+    assert h.removed == [first.spec.window.output] and not h.files.absolute(first.spec.window.output).exists()
     assert not any(c[1] == "done" for c in h.sink.calls)
     await h.close()
 
@@ -150,7 +151,7 @@ async def test_a_cancel_between_two_windows_stops_the_chain(harness):
     assert (await h.store.get_job(owner.id)).state is JobState.CANCELLED
     first, second = await helpers_of(h, owner.id, 2)
     assert first.state is JobState.DONE and second is None  # window 2 never started
-    assert h.removed == [first.spec["output"]]
+    assert h.removed == [first.spec.window.output]
     await h.close()
 
 
@@ -182,7 +183,7 @@ async def test_a_window_that_keeps_failing_fails_the_piece_once(harness, models)
     assert first.state is JobState.DONE and second.state is JobState.FAILED and second.attempts == 2
     assert len(calls) == 3  # window 1, then window 2 twice (one retry); never window 3
     assert (await h.store.get_job(owner.id)).error == second.error
-    assert h.removed == [first.spec["output"]]
+    assert h.removed == [first.spec.window.output]
     await h.close()
 
 

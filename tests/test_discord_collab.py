@@ -155,5 +155,8 @@ async def test_forget_leaves_nothing_of_the_user(fake, bot):
         return found
 
     await fake.wait_until(lambda: not traces(), timeout=20, what="the user forgotten")
+    # The person is told it is done (the confirmation's last edit), and nothing is left unsaid at shutdown.
+    await fake.wait_until(lambda: "forgotten you" in fake.message(confirm_msg.id).content, timeout=20,
+                          what="the forget answer")
     track_id = mp3s(result)[0].filename.removeprefix("bandmate-").removesuffix(".mp3")
     assert not list(bot.data.glob(f"audio/*/{track_id}.*"))

@@ -13,21 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from bot import presets as presets_mod
-from bot.core import ComposeOptions, Refusal, Requester
-from bot.presets import (
-    MAX_PRESETS,
-    PresetService,
+from bot import guild_settings as table
+from bot.blocklist import block_entry, check_blocklist
+from bot.core import ComposeOptions, CoreConfig, Refusal, Requester
+from bot.guild_settings import (
+    BotLimits,
+    GuildSettings,
+    ServerSettings,
     apply_guild_defaults,
-    block_entry,
-    check_blocklist,
     check_channel,
-    expand_presets,
-    preset_name,
-    preset_value,
+    settings_from_json,
 )
+from bot.planner import Planner
+from bot.presets import MAX_PRESETS, PresetService, expand_presets, preset_name, preset_value
+from bot.text import plain
+from generation.models import model_info
 from storage import DB_FILENAME, Database
-from storage.settings import GuildSettings, SettingsStore
+from storage.settings import SettingsStore
 
 ADMIN = Requester(user_id="10", name="admin", guild_id="g1", channel_id="c1", is_admin=True)
 MEMBER = Requester(user_id="20", name="member", guild_id="g1", channel_id="c1")
@@ -40,9 +42,35 @@ def store(tmp_path: Path):
     db.close()
 
 
+class Services:
+    """The core's preset and server-settings services over one store, and the planner's `prepare` that applies
+    both to a request (presets first, then the server's rules)."""
+
+    def __init__(self, store: SettingsStore) -> None:
+        self.store = store
+        self.presets = PresetService(store)
+        self.server = ServerSettings(store, BotLimits(max_duration_s=30.0, models=("facebook/musicgen-small",
+                                                                                   "facebook/musicgen-medium")))
+        self.planner = Planner(scheduler=None, store=None, links=None, files=None, model_info=model_info,
+                               config=CoreConfig(default_model="facebook/musicgen-small"), presets=self.presets,
+                               server_settings=self.server)
+
+    def __getattr__(self, name: str):
+        for target in (self.presets, self.server):
+            if hasattr(target, name):
+                return getattr(target, name)
+        raise AttributeError(name)
+
+    async def prepare(self, who: Requester, opts: ComposeOptions) -> ComposeOptions:
+        return await self.planner.prepare(who, opts)
+
+    async def guild(self, guild_id: str) -> GuildSettings:
+        return await self.server.get(guild_id)
+
+
 @pytest.fixture
-def service(store: SettingsStore) -> PresetService:
-    return PresetService(store, max_duration_s=30.0, models=["facebook/musicgen-small", "facebook/musicgen-medium"])
+def service(store: SettingsStore) -> Services:
+    return Services(store)
 
 
 def refusal(fn, *args, **kwargs) -> str:
@@ -219,54 +247,40 @@ async def test_store_keeps_other_prefs_and_creates_user_row(store: SettingsStore
 
 
 @pytest.mark.asyncio
-async def test_store_guild_defaults_and_updates(store: SettingsStore):
-    assert await store.guild("g1") == GuildSettings()
+async def test_store_keeps_what_each_server_chose(store: SettingsStore):
+    assert await store.guild("g1") == {} and settings_from_json({}) == GuildSettings()
     assert GuildSettings().max_variations == 4 and GuildSettings().voting_window_s is None  # the bot default
-    updated = await store.update_guild("g1", default_duration_s=20, max_variations=2, blocklist=["bad", "bad"],
-                                       allowed_channel_ids=[1, "2"], allow_model_choice=True)
-    assert updated.default_duration_s == 20.0 and updated.max_variations == 2
-    assert updated.blocklist == ("bad",) and updated.allowed_channel_ids == ("1", "2")
-    again = await store.guild("g1")
-    assert again == updated
-    assert await store.guild("g2") == GuildSettings()  # per server
+    updated = await store.update_guild("g1", default_duration_s=20.0, max_variations=2, blocklist=["bad"])
+    assert updated == {"default_duration_s": 20.0, "max_variations": 2, "blocklist": ["bad"]}
+    assert await store.guild("g1") == updated and await store.guild("g2") == {}  # per server
     partial = await store.update_guild("g1", retention_days=30)
-    assert partial.max_variations == 2 and partial.retention_days == 30  # other fields untouched
+    assert partial["max_variations"] == 2 and partial["retention_days"] == 30  # other keys untouched
     reset = await store.update_guild("g1", max_variations=None, retention_days=None)
-    assert reset.max_variations == 4 and reset.retention_days is None
-    stored = await store.db.read(lambda db: db.execute(
-        "SELECT settings FROM guild_settings WHERE guild_id = 'g1'").fetchone()[0])
-    assert "max_variations" not in json.loads(stored)  # a reset follows the default, not a copy of it
+    assert "max_variations" not in reset  # a reset follows the default, not a copy of it
+    assert settings_from_json(reset).max_variations == 4 and settings_from_json(reset).retention_days is None
+    assert await store.guild_ids() == ["g1"]
 
 
 @pytest.mark.asyncio
-async def test_store_rejects_unknown_and_misshapen_settings(store: SettingsStore):
-    with pytest.raises(ValueError):
-        await store.update_guild("g1", colour="blue")
-    with pytest.raises(TypeError):
-        await store.update_guild("g1", blocklist="bad")
-    assert await store.guild("g1") == GuildSettings()
-
-
-@pytest.mark.asyncio
-async def test_store_reads_past_bad_stored_values(store: SettingsStore):
+async def test_stored_values_this_version_cannot_use_are_ignored(store: SettingsStore):
     bad = json.dumps({"max_variations": "lots", "future_setting": 1, "voting_window_s": 600,
-                      "retention_days": float("inf"), "allow_model_choice": None, "default_duration_s": float("nan")})
+                      "retention_days": float("inf"), "allow_model_choice": None, "default_duration_s": float("nan"),
+                      "blocklist": "bad", "allowed_channel_ids": [1, "2", "2"]})
+
     def seed(db) -> None:
         db.execute("INSERT INTO guild_settings (guild_id, settings, updated) VALUES ('g9', ?, 0)", [bad])
 
     await store.db.write(seed)
-    settings = await store.guild("g9")
-    assert settings == GuildSettings(voting_window_s=600)
+    settings = settings_from_json(await store.guild("g9"))
+    assert settings == GuildSettings(voting_window_s=600, allowed_channel_ids=("1", "2"))
     await store.update_guild("g9", retention_days=7)
-    stored = json.loads(await store.db.read(lambda db: db.execute(
-        "SELECT settings FROM guild_settings WHERE guild_id = 'g9'").fetchone()[0]))
-    assert stored["future_setting"] == 1  # a newer version's key survives an edit
+    assert (await store.guild("g9"))["future_setting"] == 1  # a newer version's key survives an edit
 
 
 @pytest.mark.asyncio
-async def test_concurrent_list_edits_all_land(service: PresetService):
+async def test_concurrent_list_edits_all_land(service: Services):
     await asyncio.gather(*(service.add_channel(ADMIN, "g1", str(100 + i)) for i in range(10)))
-    settings = await service.store.guild("g1")
+    settings = await service.guild("g1")
     assert sorted(settings.allowed_channel_ids) == [str(100 + i) for i in range(10)]
 
 
@@ -274,14 +288,14 @@ async def test_concurrent_list_edits_all_land(service: PresetService):
 
 
 @pytest.mark.asyncio
-async def test_service_presets(service: PresetService):
-    text = await service.set(MEMBER, "--Dreamy", "soft pads,\nreverb")
-    assert "Saved `--dreamy`" in text and "soft pads, reverb" in text
-    assert "Updated" in await service.set(MEMBER, "dreamy", "soft pads, reverb, slow")
+async def test_service_presets(service: Services):
+    text = plain(await service.set(MEMBER, "--Dreamy", "soft pads,\nreverb"))
+    assert "Saved --dreamy" in text and "soft pads, reverb" in text
+    assert "Updated" in plain(await service.set(MEMBER, "dreamy", "soft pads, reverb, slow"))
     assert await service.names(MEMBER) == ["dreamy"]
-    listing = await service.list(MEMBER)
-    assert "`--dreamy` soft pads, reverb, slow" in listing
-    assert "no presets" in await service.list(ADMIN)
+    listing = plain(await service.list(MEMBER))
+    assert "--dreamy soft pads, reverb, slow" in listing
+    assert "no presets" in plain(await service.list(ADMIN))
     assert await service.expand(MEMBER, "piano --DREAMY") == "piano soft pads, reverb, slow"
     assert "`--dreamy`" in await arefusal(service.expand(ADMIN, "piano --dreamy"))  # presets are per user
     assert "no preset called" in await arefusal(service.remove(MEMBER, "nope"))
@@ -290,21 +304,21 @@ async def test_service_presets(service: PresetService):
 
 
 @pytest.mark.asyncio
-async def test_service_preset_cap(service: PresetService):
+async def test_service_preset_cap(service: Services):
     for i in range(MAX_PRESETS):
-        await service.set(MEMBER, f"p{i}", "x")
+        plain(await service.set(MEMBER, f"p{i}", "x"))
     assert "most I keep" in await arefusal(service.set(MEMBER, "one-more", "x"))
-    await service.set(MEMBER, "p0", "replacing is fine")
+    plain(await service.set(MEMBER, "p0", "replacing is fine"))
 
 
 @pytest.mark.asyncio
-async def test_non_admin_cannot_update_settings(service: PresetService):
+async def test_non_admin_cannot_update_settings(service: Services):
     for attempt in (service.update_settings(MEMBER, "g1", max_variations=2),
                     service.add_channel(MEMBER, "g1", "5"), service.clear_channels(MEMBER, "g1"),
                     service.block(MEMBER, "g1", "bad"), service.unblock(MEMBER, "g1", "bad"),
                     service.blocklist_text(MEMBER, "g1")):
         assert "Only server admins" in await arefusal(attempt)
-    assert await service.store.guild("g1") == GuildSettings()
+    assert await service.guild("g1") == GuildSettings()
 
 
 @pytest.mark.asyncio
@@ -327,79 +341,84 @@ async def test_non_admin_cannot_update_settings(service: PresetService):
     ({"max_variations": 2, "retention_days": -1}, "between 1 and 3650 days"),
     ({}, "what to change"),
 ])
-async def test_invalid_settings_refused_and_nothing_saved(service: PresetService, changes, expected):
+async def test_invalid_settings_refused_and_nothing_saved(service: Services, changes, expected):
     message = await arefusal(service.update_settings(ADMIN, "g1", **changes))
     assert expected in message
-    assert await service.store.guild("g1") == GuildSettings()
+    assert await service.guild("g1") == GuildSettings()
 
 
 @pytest.mark.asyncio
-async def test_admin_updates_and_settings_text(service: PresetService):
+async def test_admin_updates_and_settings_text(service: Services):
     text = await service.update_settings(ADMIN, "g1", default_duration_s=20, default_model="facebook/musicgen-small",
                                          max_variations=2, voting_window_s=1800, retention_days=30,
                                          allow_model_choice=True)
     assert text.startswith("Updated:") and "20 s" in text and "up to 2" in text and "30 min" in text
-    settings = await service.store.guild("g1")
+    settings = await service.guild("g1")
     assert settings == GuildSettings(default_duration_s=20.0, default_model="facebook/musicgen-small",
                                      max_variations=2, voting_window_s=1800, retention_days=30,
                                      allow_model_choice=True)
     await service.add_channel(ADMIN, "g1", "555")
-    shown = await service.settings_text("g1", lambda cid: f"<#{cid}>")
-    for part in ("Default duration: 20 s", "`facebook/musicgen-small`", "up to 2", "30 days", "<#555>",
+    shown = plain(await service.settings_text("g1", lambda cid: f"<#{cid}>"))
+    for part in ("Default duration: 20 s", "facebook/musicgen-small", "up to 2", "30 days", "<#555>",
                  "Voting window: 30 min", "Members may choose the model: yes", "Blocked words: none"):
         assert part in shown, part
-    reset = await service.update_settings(ADMIN, "g1", default_duration_s=None, retention_days=None)
+    reset = plain(await service.update_settings(ADMIN, "g1", default_duration_s=None, retention_days=None))
     assert "bot default" in reset and "forever" in reset
-    assert "Voting window: bot default" in await service.settings_text("g2")
+    assert "Voting window: bot default" in plain(await service.settings_text("g2"))
     assert "belong to a server" in await arefusal(service.settings_text(None))
 
 
 @pytest.mark.asyncio
-async def test_channel_and_blocklist_commands(service: PresetService):
+async def test_channel_and_blocklist_commands(service: Services):
     assert "1 music channel in all" in await service.add_channel(ADMIN, "g1", "7")
     assert "2 music channels" in await service.add_channel(ADMIN, "g1", "8")
     await service.add_channel(ADMIN, "g1", "8")
-    assert (await service.store.guild("g1")).allowed_channel_ids == ("7", "8")
+    assert (await service.guild("g1")).allowed_channel_ids == ("7", "8")
     await service.remove_channel(ADMIN, "g1", "7")
     assert "every channel" in await service.clear_channels(ADMIN, "g1")
     assert "Blocked \u201cbad word\u201d" in await service.block(ADMIN, "g1", "  Bád  WORD ")
     await service.block(ADMIN, "g1", "bad word")
     assert await service.blocklist_entries(ADMIN, "g1") == ["bad word"]
-    assert "\u201cbad word\u201d" in await service.blocklist_text(ADMIN, "g1")
+    assert "\u201cbad word\u201d" in plain(await service.blocklist_text(ADMIN, "g1"))
     assert "isn't on the blocklist" in await arefusal(service.unblock(ADMIN, "g1", "other"))
     assert "Unblocked" in await service.unblock(ADMIN, "g1", "bad word")
-    assert "Nothing is blocked" in await service.blocklist_text(ADMIN, "g1")
+    assert "Nothing is blocked" in plain(await service.blocklist_text(ADMIN, "g1"))
 
 
 @pytest.mark.asyncio
-async def test_prepare_applies_presets_then_server_rules(service: PresetService):
-    await service.set(MEMBER, "edgy", "b4d vibes")
-    await service.update_settings(ADMIN, "g1", blocklist=["bad"], default_duration_s=12, max_variations=2)
+async def test_prepare_applies_presets_then_server_rules(service: Services):
+    plain(await service.set(MEMBER, "edgy", "b4d vibes"))
+    plain(await service.update_settings(ADMIN, "g1", blocklist=["bad"], default_duration_s=12, max_variations=2))
     # The blocklist sees the expanded prompt: a preset cannot smuggle a blocked word in.
     assert "\u201cbad\u201d" in await arefusal(service.prepare(MEMBER, ComposeOptions(prompt="rock --edgy")))
-    await service.set(MEMBER, "calm", "soft piano")
+    plain(await service.set(MEMBER, "calm", "soft piano"))
     opts = await service.prepare(MEMBER, ComposeOptions(prompt="night --calm"))
     assert opts.prompt == "night soft piano" and opts.duration_s == 12.0
     await arefusal(service.prepare(MEMBER, ComposeOptions(prompt="x", variations=3)))
-    await service.update_settings(ADMIN, "g1", allowed_channel_ids=["42"])
+    plain(await service.update_settings(ADMIN, "g1", allowed_channel_ids=["42"]))
     assert "channels the admins chose" in await arefusal(service.prepare(MEMBER, ComposeOptions(prompt="x")))
-    in_thread = dataclasses.replace(MEMBER, channel_id="999")
-    assert (await service.prepare(in_thread, ComposeOptions(prompt="x"), parent_channel_id="42")).prompt == "x"
+    in_thread = dataclasses.replace(MEMBER, channel_id="999", parent_channel_id="42")
+    assert (await service.prepare(in_thread, ComposeOptions(prompt="x"))).prompt == "x"
     # Outside a server only presets apply.
     dm = Requester(user_id=MEMBER.user_id)
     assert (await service.prepare(dm, ComposeOptions(prompt="b a d --calm", variations=4))).variations == 4
 
 
-def test_guild_settings_fields_match_what_bot_reads():
-    """bot/presets.py reads settings through a Protocol (bot/ does not import storage/): keep them in step."""
-    wanted = set(presets_mod.GuildRules.__annotations__)
-    assert wanted == {f.name for f in dataclasses.fields(GuildSettings)}
-    assert set(presets_mod._FIELDS) == wanted
+@pytest.mark.asyncio
+async def test_one_table_drives_storage_checks_and_display(service: Services):
+    """Every setting is one row of bot/guild_settings.py: its field, its check and its line in /settings show."""
+    names = [s.name for s in table.SETTINGS]
+    assert names == [f.name for f in dataclasses.fields(GuildSettings)]
+    shown = plain(await service.settings_text("g1"))
+    for setting in table.SETTINGS:
+        assert setting.label[0].upper() + setting.label[1:] + ":" in shown, setting.name
+        assert getattr(GuildSettings(), setting.name) == setting.default
+    assert "no setting called" in refusal(service.server.validate, "colour", 1)
 
 
 @pytest.mark.asyncio
 @pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning")
-async def test_discord_commands_shape(service: PresetService):
+async def test_discord_commands_shape(service: Services):
     """The cog registers /prefer for everyone and /settings for Manage Server only, guild-only (no network)."""
     import discord
     from discord.ext import commands
@@ -407,7 +426,7 @@ async def test_discord_commands_shape(service: PresetService):
     from bot.discord.cogs.settings import SettingsCog
 
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.default())
-    await bot.add_cog(SettingsCog(bot, service))
+    await bot.add_cog(SettingsCog(bot, service.presets, service.server))
     tree = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
     assert set(tree) == {"prefer", "settings"}
     assert {o["name"] for o in tree["prefer"]["options"]} == {"set", "remove", "list"}

@@ -17,7 +17,8 @@ import pytest
 import sqlite_utils
 
 from bot.privacy import PrivacyService
-from generation.jobs import Job, JobKind, Operation, TrackRecord
+from generation.spec import JobSpec
+from generation.jobs import DeliveryAddress, Job, JobKind, Operation, TrackRecord
 from storage import DB_FILENAME, Database, FileStore, SqliteJobStore
 from storage.jobstore import ConversationLinks
 from storage.privacy import FORGOTTEN_USER, PrivacyStore
@@ -59,6 +60,8 @@ async def done_job(store: SqliteJobStore, files: FileStore, created: float | Non
     base = dict(prompt="lofi beat", duration_s=8.0, model="musicgen-small", variations=2, guild_id="g1",
                 channel_id="c1")
     base.update(kw)
+    base["delivery"] = DeliveryAddress.from_dict(base.get("delivery"))
+    base["spec"] = JobSpec.from_dict(base.get("spec"))
     job = await store.add_job(Job(**base))
     tracks = make_tracks(job, files, created)
     await store.complete_job(job, tracks)
@@ -287,7 +290,7 @@ async def test_forget_keeping_tracks_anonymises_them(world):
     assert not files.exists(made["up"].input_audio)  # their own upload is not a track: removed
     assert files.exists(made["other_tracks"][0].flac)
     assert {j.user_id for j in [await store.get_job(made[k].id) for k in ("job", "up", "ext")]} == {FORGOTTEN_USER}
-    assert (await store.get_job(made["job"].id)).delivery == {}
+    assert (await store.get_job(made["job"].id)).delivery == DeliveryAddress()
     assert other_rows(db) == before_other
     assert db.integrity_check() == "ok"
     raw = raw_bytes(data)
@@ -302,9 +305,10 @@ async def test_forget_removes_the_audio_of_a_long_extend_in_progress(world):
     for rel in windows:
         files.write_bytes(rel, payload(rel))
     owner = await store.add_job(Job(user_id=USER, prompt="ambient", duration_s=58.0, model="m",
-                                    spec={"chain": {"windows": [[2, 28], [10, 20], [10, 10]], "outputs": windows}}))
+                                    spec=JobSpec.from_dict({"chain": {"windows": [[2, 28], [10, 20], [10, 10]],
+                                                                               "outputs": windows}})))
     await store.add_job(Job(user_id=USER, prompt="ambient", duration_s=20.0, model="m", input_audio=windows[0],
-                            spec={"window_of": owner.id, "window": 2, "output": windows[1]}))
+                            spec=JobSpec.from_dict({"window_of": owner.id, "window": 2, "output": windows[1]})))
     await PrivacyService(PrivacyStore(db, files)).forget(USER, delete_tracks=True)
     assert not any(files.exists(rel) for rel in windows)
     assert occurrences(db, USER) == []

@@ -24,6 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 import soundfile as sf
 
+from generation.spec import JobSpec
+from generation.jobs import DeliveryAddress
 from generation.jobs import Job, JobKind, JobState, Operation
 from generation.remote import RedisExecutor, RemoteJobFailed, StreamKeys, Worker
 from generation.scheduler import EventKind, JobEvent, Scheduler, SchedulerConfig
@@ -132,7 +134,7 @@ async def running_bot(tmp_path: Path, url: str, **options):
 
 def job(user: str, seconds: float, model: str, *, seed: int = 1, variations: int = 1, **fields) -> Job:
     return Job(user_id=user, prompt=f"test piece for {user}", duration_s=seconds, model=model, seed=seed,
-               variations=variations, delivery={"sink": "test"}, **fields)
+               variations=variations, delivery=DeliveryAddress("test"), **fields)
 
 
 async def assert_redis_clean(url: str) -> None:
@@ -294,7 +296,7 @@ async def test_a_long_extend_runs_window_by_window_on_a_worker(tmp_path, redis_s
     worker = start_worker()
     async with running_bot(tmp_path, redis_server.url, window_s=4.0) as bot:
         owner = job("eve", 6.0, tiny_model_path, seed=6, kind=JobKind.CONTINUE, operation=Operation.EXTEND,
-                    spec={"source_s": 1.0})
+                    spec=JobSpec(source_s=1.0))
         owner.input_audio = continuation_input(bot.files, f"{owner.id}in", 1.0)
         await bot.scheduler.submit(owner)
         await bot.wait_delivered(owner)
@@ -302,7 +304,7 @@ async def test_a_long_extend_runs_window_by_window_on_a_worker(tmp_path, redis_s
         helpers = [await bot.store.job_by_key(f"{owner.id}/window{k}") for k in (1, 2, 3)]
         assert [h.state for h in helpers] == [JobState.DONE] * 3
         for k, helper in enumerate(helpers):
-            output = bot.files.absolute(helper.spec["output"])
+            output = bot.files.absolute(helper.spec.window.output)
             assert output.suffix == ".wav" and sf.info(str(output)).duration == pytest.approx(4.0 + k)
         assert bot.sink.calls == {owner.id: 1}
     await assert_redis_clean(redis_server.url)
@@ -348,7 +350,7 @@ async def test_window_keeps_the_queue_fair_at_the_bot(tmp_path, redis_server, ti
 
 @pytest.mark.asyncio
 async def test_worker_killed_mid_batch_is_taken_over(tmp_path, redis_server, tiny_model_path, start_worker, caplog):
-    caplog.set_level(logging.INFO, logger="generation.remote")
+    caplog.set_level(logging.INFO, logger="generation.remote.executor")
     workers = {w.pid: w for w in (start_worker(), start_worker())}
     async with running_bot(tmp_path, redis_server.url) as bot:
         long = job("ana", 20.0, tiny_model_path, seed=7)  # ~2-5 s of generation on one CPU thread
@@ -386,7 +388,7 @@ async def test_worker_killed_mid_batch_is_taken_over(tmp_path, redis_server, tin
 
 @pytest.mark.asyncio
 async def test_redis_restarted_empty_mid_queue(tmp_path, redis_server, tiny_model_path, start_worker, caplog):
-    caplog.set_level(logging.INFO, logger="generation.remote")
+    caplog.set_level(logging.INFO, logger="generation.remote.executor")
     worker = start_worker()
     async with running_bot(tmp_path, redis_server.url) as bot:
         long = job("ana", 10.0, tiny_model_path, seed=1)
@@ -414,7 +416,7 @@ async def test_redis_restarted_empty_mid_queue(tmp_path, redis_server, tiny_mode
 @pytest.mark.asyncio
 async def test_bot_restart_takes_the_result_that_arrived_meanwhile(tmp_path, redis_server, tiny_model_path, caplog):
     """The bot dies while a worker generates; the result waits in the stream and is used, not generated again."""
-    caplog.set_level(logging.INFO, logger="generation.remote")
+    caplog.set_level(logging.INFO, logger="generation.remote.executor")
     url = redis_server.url
     async with in_process_worker(worker_settings(url, tiny_model_path)):
         first = make_bot(tmp_path, url)

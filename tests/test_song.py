@@ -12,6 +12,7 @@ from mutagen.id3 import ID3
 from mutagen.mp3 import MP3
 from PIL import Image
 
+from generation.spec import JobSpec
 from generation.backend import GenerationCancelled
 from generation.jobs import Job, JobKind
 from generation.postprocess import Provenance, add_chapters, read_provenance, render_track
@@ -171,7 +172,7 @@ def test_song_job_through_the_runner(tiny_backend, tiny_model_path, tmp_path):
     runner = JobRunner(lambda model_id: tiny_backend, media)
     sections = parse_sections("chorus 2, verse 2, hook 2")
     job = Job(user_id="u1", prompt="synth pop", duration_s=6.0, model=tiny_model_path, kind=JobKind.SONG, seed=11,
-              spec={"sections": sections_to_spec(sections)})
+              spec=JobSpec(sections=sections_to_spec(sections)))
     steps = []
     audios = runner.generate([job], progress=steps.append)
     assert list(audios) == [job.id] and len(audios[job.id]) == 1
@@ -193,6 +194,6 @@ def test_song_job_through_the_runner(tiny_backend, tiny_model_path, tmp_path):
 def test_song_job_with_bad_sections_fails_politely(tiny_backend, tiny_model_path, tmp_path):
     runner = JobRunner(lambda model_id: tiny_backend, FileStore(tmp_path / "data"))
     job = Job(user_id="u1", prompt="x", duration_s=1.0, model=tiny_model_path, kind=JobKind.SONG,
-              spec={"sections": [["verse", 0.5]]})
+              spec=JobSpec(sections=(("verse", 0.5),)))
     with pytest.raises(SongError, match="2 to 60 seconds"):
         runner.generate([job])

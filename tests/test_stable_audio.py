@@ -17,6 +17,7 @@ from generation.jobs import Job, JobKind, Operation
 from generation.models import ModelRegistry, is_stable_audio
 from generation.musicgen import choose_device
 from generation.runner import JobRunner
+from generation.spec import JobSpec
 from generation.scheduler import batch_compatible, job_steps
 from generation.stable_audio import NO_CONTINUATION, StableAudioBackend, sigma_for_strength
 from generation.types import Audio, GenerationRequest, SamplingParams
@@ -212,7 +213,7 @@ def test_load_errors_say_what_to_do(tmp_path, registry):
 
 
 def sa_job(**kw) -> Job:
-    spec = {"family": "stable-audio", "steps": STEPS, **kw.pop("spec", {})}
+    spec = JobSpec.from_dict({"steps": STEPS, **kw.pop("spec", {})})
     return Job(user_id="u1", prompt=kw.pop("prompt", "lo-fi piano"), duration_s=kw.pop("duration_s", 0.8),
                model=TINY_SA, sampling=kw.pop("sampling", GUIDANCE), spec=spec, **kw)
 
@@ -264,3 +265,26 @@ def test_scheduler_batches_stable_audio_by_settings_not_duration():
     # MusicGen jobs keep the duration rule
     musicgen = Job(user_id="u", prompt="x", duration_s=10.0, model="m")
     assert not batch_compatible(musicgen, Job(user_id="v", prompt="y", duration_s=5.0, model="m"), [10.0])
+
+
+@pytest.mark.asyncio
+async def test_a_compose_without_guidance_gets_the_familys_default(tmp_path):
+    """The command line and /compose share one path: a Stable Audio model runs at its own guidance (7), not
+    MusicGen's 3, unless guidance is given."""
+    from bot.planner import ComposeOptions, CoreConfig, Planner
+    from bot.request import Request, Requester
+    from generation.models import Family, model_info
+    from storage.database import Database
+    from storage.jobstore import ConversationLinks
+
+    db = Database(tmp_path / "bandmate.db")
+    try:
+        planner = Planner(scheduler=None, store=None, links=ConversationLinks(db), files=None,
+                          config=CoreConfig(default_model=TINY_SA), model_info=model_info)
+        who = Request(Requester("cli"))
+        assert model_info(TINY_SA).family is Family.STABLE_AUDIO
+        default = await planner.plan_compose(who, ComposeOptions(prompt="rain", duration_s=2.0))
+        chosen = await planner.plan_compose(who, ComposeOptions(prompt="rain", duration_s=2.0, guidance=4.0))
+        assert default.job.sampling.guidance == 7.0 and chosen.job.sampling.guidance == 4.0
+    finally:
+        db.close()

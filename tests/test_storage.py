@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from generation.jobs import DeliveryState, Job, JobKind, JobState, Operation, TrackRecord
+from generation.spec import ChainPlan, JobSpec
+from generation.jobs import DeliveryAddress, DeliveryState, Job, JobKind, JobState, Operation, TrackRecord
 from generation.types import SamplingParams
 from storage import (
     DB_FILENAME,
@@ -202,9 +203,10 @@ async def test_job_round_trip_all_fields(env):
         parent_track_id="parent-track",
         guild_id="g1",
         channel_id="c1",
-        delivery={"interaction": "tok", "nonce": 42, "nested": {"ids": [1, 2]}, "ephemeral": False},
+        delivery=DeliveryAddress("discord", {"interaction": "tok", "nonce": 42, "nested": {"ids": [1, 2]},
+                                             "ephemeral": False, "expires_at": 1700000900.25}),
+        spec=JobSpec(source_s=2.5, blended=("jazz",), chain=ChainPlan([(0.0, 30.0), (10.0, 20.0)], ["a.wav"])),
         idempotency_key="discord:interaction:1",
-        interaction_expires_at=1700000900.25,
         state=JobState.RUNNING,
         delivery_state=DeliveryState.SENDING,
         attempts=2,

@@ -1,4 +1,5 @@
-"""Result buttons as DynamicItems: the track id lives in the custom_id, so they work after any restart."""
+"""Result buttons as DynamicItems that own their style and custom_id: the track id lives in the custom_id, so they
+work after any restart (discord.py's dynamic items)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,26 @@ import discord
 
 from bot.messages import ButtonKind
 
+STYLES = {
+    ButtonKind.VOTE: discord.ButtonStyle.primary,
+    ButtonKind.VARIATIONS: discord.ButtonStyle.secondary,
+    ButtonKind.EXTEND: discord.ButtonStyle.secondary,
+    ButtonKind.MORE_LIKE: discord.ButtonStyle.success,
+}
 
-class TrackButton(discord.ui.DynamicItem[discord.ui.Button], template=r"bandmate:(?P<kind>vote|var|ext|like):(?P<track>[A-Za-z0-9]{1,64})"):
+
+class TrackButton(discord.ui.DynamicItem[discord.ui.Button],
+                  template=r"bandmate:(?P<kind>vote|var|ext|like):(?P<track>[A-Za-z0-9]{1,64})"):
     def __init__(self, kind: ButtonKind, track_id: str, *, label: str | None = None, emoji: str | None = None,
                  row: int | None = None) -> None:
-        from bot.discord.render import STYLES, custom_id
-
         super().__init__(discord.ui.Button(style=STYLES[kind], label=label, emoji=emoji, row=row,
-                                           custom_id=custom_id(kind, track_id)))
+                                           custom_id=self.custom_id_for(kind, track_id)))
         self.kind = kind
         self.track_id = track_id
+
+    @staticmethod
+    def custom_id_for(kind: ButtonKind, track_id: str) -> str:
+        return f"bandmate:{kind.value}:{track_id}"
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,

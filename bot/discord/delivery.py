@@ -9,22 +9,49 @@ guard: see the README for the window that remains.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
 
 from bot.core import Bandmate
-from bot.discord.render import NO_PINGS, build_view, escape, prepare_files
-from generation.jobs import Job, JobState, TrackRecord
-from generation.scheduler import EventKind, JobEvent
+from bot.discord.render import NO_PINGS, build_view, render
+from bot.messages import OutgoingMessage
+from bot.text import mention
+from bot.views import THREAD_INVITE
+from generation.events import EventKind, JobEvent
+from generation.jobs import DeliveryAddress, Job
 
 log = logging.getLogger(__name__)
 
+SINK = "discord"
 TOKEN_MARGIN_S = 30.0  # stop using a token this long before Discord's 15 minutes are up
 STATUS_INTERVAL_S = 2.0  # at most one edit per status message in this time
-FINAL_EVENTS = (EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED)
+
+
+@dataclass(frozen=True)
+class DiscordDelivery:
+    """Where a job's status and result go on Discord. The transport's own data: the engine carries it opaquely."""
+
+    channel_id: str
+    guild_id: str | None = None
+    status_message_id: str | None = None
+    attachment_size_limit: int = 0
+    application_id: str | None = None
+    interaction_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # when the interaction token stops working (15 minutes after the command)
+
+    def address(self) -> DeliveryAddress:
+        return DeliveryAddress(SINK, {k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+    @classmethod
+    def of(cls, job: Job) -> "DiscordDelivery":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data: dict[str, Any] = {k: v for k, v in job.delivery.fields.items() if k in known}
+        return cls(**{"channel_id": str(job.channel_id or ""), **data})
 
 
 def nonce_for(job: Job, part: int = 0) -> str:
@@ -39,14 +66,12 @@ class Messenger:
         self.bot = bot
         self._dead_tokens: set[str] = set()
 
-    def token_usable(self, job: Job) -> bool:
-        d = job.delivery
-        return bool(d.get("interaction_token") and job.interaction_expires_at
-                    and time.time() < job.interaction_expires_at - TOKEN_MARGIN_S and job.id not in self._dead_tokens)
+    def token_usable(self, job: Job, d: DiscordDelivery) -> bool:
+        return bool(d.interaction_token and d.expires_at and time.time() < d.expires_at - TOKEN_MARGIN_S
+                    and job.id not in self._dead_tokens)
 
-    def webhook(self, job: Job) -> discord.Webhook:
-        d = job.delivery
-        payload = {"id": int(d["application_id"]), "type": 3, "token": d["interaction_token"]}
+    def webhook(self, d: DiscordDelivery) -> discord.Webhook:
+        payload = {"id": int(d.application_id), "type": 3, "token": d.interaction_token}
         return discord.Webhook.from_state(data=payload, state=self.bot._connection)
 
     def channel(self, channel_id: int) -> discord.abc.Messageable:
@@ -61,30 +86,31 @@ class Messenger:
 
     async def send(self, job: Job, content: str, *, files: list[discord.File], view: discord.ui.View | None,
                    part: int) -> discord.Message:
+        d = DiscordDelivery.of(job)
         kwargs = {"files": files, "allowed_mentions": NO_PINGS}
         if view is not None:
             kwargs["view"] = view
-        if self.token_usable(job):
+        if self.token_usable(job, d):
             try:
-                return await self.webhook(job).send(content, wait=True, **kwargs)
+                return await self.webhook(d).send(content, wait=True, **kwargs)
             except discord.HTTPException as error:
                 if not self._token_failed(job, error):
                     raise
                 for f in files:
                     f.reset()
-        return await self.channel(int(job.delivery["channel_id"])).send(content, nonce=nonce_for(job, part), **kwargs)
+        return await self.channel(int(d.channel_id)).send(content, nonce=nonce_for(job, part), **kwargs)
 
     async def edit(self, job: Job, message_id: int, content: str, view: discord.ui.View | None = None) -> None:
+        d = DiscordDelivery.of(job)
         kwargs = {"view": view} if view is not None else {}
-        if self.token_usable(job):
+        if self.token_usable(job, d):
             try:
-                await self.webhook(job).edit_message(message_id, content=content, allowed_mentions=NO_PINGS,
-                                                     **kwargs)
+                await self.webhook(d).edit_message(message_id, content=content, allowed_mentions=NO_PINGS, **kwargs)
                 return
             except discord.HTTPException as error:
                 if not self._token_failed(job, error):
                     raise
-        channel = self.channel(int(job.delivery["channel_id"]))
+        channel = self.channel(int(d.channel_id))
         await channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS, **kwargs)
 
 
@@ -95,14 +121,12 @@ class _Status:
     last_edit: float = 0.0
     task: asyncio.Task | None = None
     closed: bool = False
-    waiters: list = field(default_factory=list)
 
 
 class StatusUpdater:
     """Edits each job's status message with its queue position and a progress bar, throttled per message."""
 
-    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger) -> None:
-        self.bot = bot
+    def __init__(self, core: Bandmate, messenger: Messenger) -> None:
         self.core = core
         self.messenger = messenger
         self._status: dict[str, _Status] = {}
@@ -128,23 +152,23 @@ class StatusUpdater:
     async def _flush(self, job_id: str) -> None:
         status = self._status[job_id]
         if status.job is None:
-            status.job = await self.core.store.get_job(job_id)
+            status.job = await self.core.job(job_id)
         job = status.job
-        if job is None or job.delivery.get("sink") != "discord" or not job.delivery.get("status_message_id"):
+        if job is None or job.delivery.sink != SINK or not DiscordDelivery.of(job).status_message_id:
             self._status.pop(job_id, None)
             return
+        status_id = int(DiscordDelivery.of(job).status_message_id)
         while status.latest is not None:
             event = status.latest
-            final = event.kind in FINAL_EVENTS
+            final = event.kind.final
             wait = status.last_edit + STATUS_INTERVAL_S - time.monotonic()
             if wait > 0 and not final:
                 await asyncio.sleep(wait)
                 event = status.latest
-                final = event.kind in FINAL_EVENTS
+                final = event.kind.final
             status.latest = None
             try:
-                await self.messenger.edit(job, int(job.delivery["status_message_id"]),
-                                          self.core.status_text(job, event, escape))
+                await self.messenger.edit(job, status_id, render(self.core.status_text(job, event)))
             except discord.HTTPException as error:
                 log.info("could not update the status of job %s: %s", job_id, error)
             status.last_edit = time.monotonic()
@@ -154,52 +178,57 @@ class StatusUpdater:
                 return
 
 
-class DiscordDelivery:
-    """The scheduler's delivery sink for jobs that came from Discord."""
+class DiscordTransport:
+    """The core's `Transport` on Discord: results as messages with files and buttons, a thread to carry on in."""
 
-    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger, voting_window=None) -> None:
+    name = SINK
+
+    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger, status: StatusUpdater) -> None:
         self.bot = bot
         self.core = core
         self.messenger = messenger
-        self.voting_window = voting_window  # async (guild_id) -> seconds
+        self.status = status
 
-    async def deliver(self, job: Job, tracks: list[TrackRecord]) -> None:
-        if job.state is not JobState.DONE:
-            status_id = job.delivery.get("status_message_id")
-            text = self.core.result_message(job, tracks, escape).text
-            if status_id:
-                await self.messenger.edit(job, int(status_id), text)
-            else:
-                await self.messenger.send(job, text, files=[], view=None, part=0)
-            return
-        tally = await self.core.store.vote_tally(job.id)
-        message = self.core.result_message(job, tracks, escape, tally)
-        text = message.text + f"\nfor <@{job.user_id}>"
-        flacs = {t.id: self.core.files.absolute(t.flac) for t in tracks}
-        limit = int(job.delivery.get("attachment_size_limit") or 0)
-        prepared = await asyncio.to_thread(prepare_files, message.files, limit, flacs)
+    def on_event(self, event: JobEvent) -> None:
+        self.status.on_event(event)
+
+    async def post_failure(self, job: Job, message: OutgoingMessage) -> None:
+        d = DiscordDelivery.of(job)
+        text = render(message.text)
+        if d.status_message_id:
+            await self.messenger.edit(job, int(d.status_message_id), text)
+        else:
+            await self.messenger.send(job, text, files=[], view=None, part=0)
+
+    async def post_result(self, job: Job, message: OutgoingMessage) -> None:
+        d = DiscordDelivery.of(job)
+        text = render(message.text + f"\nfor {mention(job.user_id)}")
+        fitted = await self.core.fit_files(message.files, d.attachment_size_limit)
         first = None
         try:
-            for part, batch in enumerate(prepared.batches):
-                content = text if part == 0 else f"(continued, part {part + 1})"
-                view = build_view(message.buttons) if part == 0 else None
-                sent = await self.messenger.send(job, content, files=batch, view=view, part=part)
+            for part, batch in enumerate(fitted.batches):
+                files = [discord.File(item.path, filename=item.filename, description=item.description[:1000] or None)
+                         for item in batch]
+                try:
+                    content = text if part == 0 else f"(continued, part {part + 1})"
+                    view = build_view(message.buttons) if part == 0 else None
+                    sent = await self.messenger.send(job, content, files=files, view=view, part=part)
+                finally:
+                    for f in files:
+                        f.close()
                 first = first or sent
         finally:
-            prepared.close()
+            fitted.close()
         log.info("posted job %s as message %s", job.id, first.id)
-        await self.core.links.link(f"discord:message:{first.id}", job.id)
-        if self.core.leaderboard is not None and self.voting_window is not None:
-            window = await self.voting_window(job.guild_id)
-            await self.core.leaderboard.open_window(job.id, job.guild_id, time.time() + window)
+        await self.core.record_posted(job.id, f"discord:message:{first.id}")
         await self._open_thread(job, first, message.thread_name or "bandmate")
         log.info("delivered job %s", job.id)
 
     async def _open_thread(self, job: Job, message: discord.Message, name: str) -> None:
         """A thread on the result to carry on in; where none can be made, replies to the message do the same."""
-        channel = self.bot.get_channel(int(job.delivery["channel_id"]))
+        channel = self.bot.get_channel(int(DiscordDelivery.of(job).channel_id))
         if isinstance(channel, discord.Thread):
-            await self.core.links.link(f"discord:thread:{channel.id}", job.id)  # replies there go to the newest piece
+            await self.core.record_posted(job.id, f"discord:thread:{channel.id}")  # replies go to the newest piece
             return
         if not isinstance(channel, discord.TextChannel):
             return
@@ -213,6 +242,14 @@ class DiscordDelivery:
         except discord.HTTPException as error:
             log.info("could not create a thread for job %s: %s", job.id, error)
             return
-        await self.core.links.link(f"discord:thread:{thread.id}", job.id)
-        await thread.send("Reply here to carry on: `continue`, `extend 20s`, `make it jazzier`, `variations`… "
-                          "(`help` for more)", allowed_mentions=NO_PINGS)
+        await self.core.record_posted(job.id, f"discord:thread:{thread.id}")  # before anyone is invited to reply
+        await thread.send(render(THREAD_INVITE), allowed_mentions=NO_PINGS)
+
+    async def announce_winner(self, job: Job, message: OutgoingMessage, refs: list[str]) -> None:
+        for ref in refs:
+            if ref.startswith("discord:message:"):
+                await self.messenger.edit(job, int(ref.rsplit(":", 1)[1]),
+                                          render(message.text + f"\nfor {mention(job.user_id)}"),
+                                          view=build_view(message.buttons))
+                return
+

@@ -1,28 +1,15 @@
-"""Turning the core's neutral messages into Discord messages: escaping, buttons, files within the upload limit."""
+"""The core's markup as Discord messages: Markdown with people's words escaped, within Discord's limits."""
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-
 import discord
 
-from bot.messages import Button, ButtonKind, FileItem
-from generation.fitting import refit_track
-
-log = logging.getLogger(__name__)
+from bot import text as markup
+from bot.discord.buttons import TrackButton
+from bot.messages import Button
 
 NO_PINGS = discord.AllowedMentions.none()
-DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-CUSTOM_ID_PREFIX = "bandmate"
-STYLES = {
-    ButtonKind.VOTE: discord.ButtonStyle.primary,
-    ButtonKind.VARIATIONS: discord.ButtonStyle.secondary,
-    ButtonKind.EXTEND: discord.ButtonStyle.secondary,
-    ButtonKind.MORE_LIKE: discord.ButtonStyle.success,
-}
+MESSAGE_LIMIT = 2000  # characters in one Discord message
 
 
 def escape(text: str) -> str:
@@ -30,69 +17,45 @@ def escape(text: str) -> str:
     return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
 
 
-def custom_id(kind: ButtonKind, track_id: str) -> str:
-    return f"{CUSTOM_ID_PREFIX}:{kind.value}:{track_id}"
+def _node(node: markup.Node) -> str:
+    if node.kind is markup.Kind.USER:
+        return escape(node.text)
+    if node.kind is markup.Kind.STRONG:
+        return "**" + "".join(_node(c) for c in node.children) + "**"
+    if node.kind is markup.Kind.CODE:
+        return "`" + node.text.replace("`", "ˋ") + "`"
+    if node.kind is markup.Kind.MENTION:
+        return f"<@{node.text}>" if node.text.isdigit() else f"@{escape(node.text)}"
+    return node.text
+
+
+def fit(lines: list[str], limit: int = MESSAGE_LIMIT) -> str:
+    """Whole lines up to the limit, then a note of how many were left out."""
+    text = "\n".join(lines)
+    if len(text) <= limit:
+        return text
+    out: list[str] = []
+    used = 0
+    for i, line in enumerate(lines):
+        note = f"…and {len(lines) - i} more."
+        if used + len(line) + 1 + len(note) > limit:
+            out.append(note)
+            break
+        out.append(line)
+        used += len(line) + 1
+    text = "\n".join(out)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Core markup -> Discord Markdown within one message."""
+    return fit(markup.render(text, _node).split("\n"), limit)
 
 
 def build_view(buttons: list[Button]) -> discord.ui.View | None:
-    from bot.discord.buttons import TrackButton
-
     if not buttons:
         return None
     view = discord.ui.View(timeout=None)
     for button in buttons:
         view.add_item(TrackButton(button.kind, button.target, label=button.label, emoji=button.emoji, row=button.row))
     return view
-
-
-@dataclass
-class PreparedFiles:
-    batches: list[list[discord.File]]  # one list per message; the first goes with the text and buttons
-    scratch: tempfile.TemporaryDirectory | None = None
-
-    def close(self) -> None:
-        for batch in self.batches:
-            for f in batch:
-                f.close()
-        if self.scratch is not None:
-            self.scratch.cleanup()
-
-
-def prepare_files(items: list[FileItem], limit: int, flac_for: dict[str, Path]) -> PreparedFiles:
-    """Files for one or more messages, each message within `limit` bytes.
-
-    MP3s are re-encoded at a lower bitrate from their masters first; only when that is not enough are they split
-    across messages, one per message.
-    """
-    limit = limit or DEFAULT_UPLOAD_LIMIT
-    budget = int(limit * 0.97)  # multipart overhead
-    scratch = None
-    sizes = {item.path: item.path.stat().st_size for item in items}
-    paths = {item.path: item.path for item in items}
-    if sum(sizes.values()) > budget:
-        mp3s = [item for item in items if item.track_id and item.path.suffix == ".mp3"]
-        others = sum(size for path, size in sizes.items() if path not in {m.path for m in mp3s})
-        share = max(1, (budget - others) // max(1, len(mp3s)))
-        scratch = tempfile.TemporaryDirectory(prefix="bandmate-fit-")
-        for item in mp3s:
-            fitted = refit_track(item.path, flac_for[item.track_id], share, Path(scratch.name) / item.path.name)
-            if fitted is None:
-                fitted = refit_track(item.path, flac_for[item.track_id], budget, Path(scratch.name) / item.path.name)
-            if fitted is not None:
-                paths[item.path] = fitted
-                sizes[item.path] = fitted.stat().st_size
-            log.info("fitted %s to %d bytes for a %d byte limit", item.path.name, sizes[item.path], limit)
-    batches: list[list[discord.File]] = [[]]
-    used = 0
-    for item in items:
-        size = sizes[item.path]
-        if size > budget:
-            log.warning("%s (%d bytes) does not fit the %d byte upload limit; left out", item.path.name, size, limit)
-            continue
-        if used + size > budget and batches[-1]:
-            batches.append([])
-            used = 0
-        batches[-1].append(discord.File(paths[item.path], filename=item.filename, description=item.description[:1000]
-                                        or None))
-        used += size
-    return PreparedFiles(batches=batches, scratch=scratch)

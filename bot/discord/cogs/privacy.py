@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.privacy import PrivacyService
-from bot.discord.render import NO_PINGS
+from bot.discord.render import NO_PINGS, render
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
             log.exception("forget failed")
             text = ("Something went wrong and your data may not be fully deleted. Please try `/forget` again, or "
                     "ask the bot's operator.")
-        await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_PINGS)
+        await interaction.edit_original_response(content=render(text), view=None, allowed_mentions=NO_PINGS)
 
 
 def confirm_view(user_id: int, mode: str) -> discord.ui.View:
@@ -91,7 +91,7 @@ class PrivacyCog(commands.Cog):
     async def privacy(self, interaction: discord.Interaction) -> None:
         """What Bandmate keeps about you, and how to get a copy or delete it."""
         text = await self.service.privacy_text(str(interaction.user.id))
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        await interaction.response.send_message(render(text), ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="export")
     async def export(self, interaction: discord.Interaction) -> None:

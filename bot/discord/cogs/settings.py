@@ -1,6 +1,7 @@
 """Slash commands: /prefer (a user's prompt presets) and /settings (a server's rules, admins only).
 
-All the logic is in `bot.presets.PresetService`; this cog only turns options into calls and answers privately
+All the logic is in the core's `PresetService` (bot/presets.py) and `ServerSettings` (bot/guild_settings.py); this
+cog only turns options into calls and answers privately
 (ephemeral, no pings): presets are personal, and settings are nobody else's business in the channel.
 """
 
@@ -14,8 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core import Refusal
-from bot.discord.actions import requester
-from bot.discord.render import NO_PINGS, escape
+from bot.discord.actions import answer, requester
+from bot.guild_settings import ServerSettings
 from bot.presets import PresetService
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,7 @@ async def _answer(interaction: discord.Interaction, work: Awaitable[str]) -> Non
         text = await work
     except Refusal as refusal:
         text = refusal.user_message
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_PINGS)
+    await answer(interaction, text)
 
 
 async def _refused(interaction: discord.Interaction, message: str) -> None:
@@ -57,9 +55,10 @@ class SettingsCog(commands.Cog):
     blocklist = app_commands.Group(name="blocklist", description="Words and phrases prompts may not contain",
                                    parent=settings)
 
-    def __init__(self, bot: commands.Bot, service: PresetService) -> None:
+    def __init__(self, bot: commands.Bot, presets: PresetService, server: ServerSettings) -> None:
         self.bot = bot
-        self.service = service
+        self.presets = presets
+        self.server = server
 
     # -- /prefer ----------------------------------------------------------------------------------------------
 
@@ -69,19 +68,19 @@ class SettingsCog(commands.Cog):
     async def prefer_set(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 34],
                          value: app_commands.Range[str, 1, 200]) -> None:
         """Save a preset: /compose piano --name then means "piano, <value>"."""
-        await _answer(interaction, self.service.set(requester(interaction), name, value, escape))
+        await _answer(interaction, self.presets.set(requester(interaction), name, value))
 
     @prefer.command(name="remove")
     @app_commands.describe(name="The preset to remove")
     async def prefer_remove(self, interaction: discord.Interaction, name: str) -> None:
         """Remove one of your presets."""
-        await _answer(interaction, self.service.remove(requester(interaction), name))
+        await _answer(interaction, self.presets.remove(requester(interaction), name))
 
     @prefer_remove.autocomplete("name")
     async def _preset_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         needle = current.strip().lstrip("-").lower()
         try:
-            names = await self.service.names(requester(interaction))
+            names = await self.presets.names(requester(interaction))
         except Exception:  # autocomplete must answer quickly or not at all; a failure here is not worth a crash
             log.exception("preset autocomplete failed")
             return []
@@ -90,7 +89,7 @@ class SettingsCog(commands.Cog):
     @prefer.command(name="list")
     async def prefer_list(self, interaction: discord.Interaction) -> None:
         """Show your presets."""
-        await _answer(interaction, self.service.list(requester(interaction), escape))
+        await _answer(interaction, self.presets.list(requester(interaction)))
 
     # -- /settings --------------------------------------------------------------------------------------------
 
@@ -108,7 +107,7 @@ class SettingsCog(commands.Cog):
     async def settings_show(self, interaction: discord.Interaction) -> None:
         """Show this server's Bandmate settings."""
         if await self._admin(interaction):
-            await _answer(interaction, self.service.settings_text(interaction.guild_id, lambda cid: f"<#{cid}>"))
+            await _answer(interaction, self.server.settings_text(interaction.guild_id, lambda cid: f"<#{cid}>"))
 
     @settings.command(name="set")
     @app_commands.describe(
@@ -144,12 +143,12 @@ class SettingsCog(commands.Cog):
             changes["retention_days"] = None if retention_days == 0 else retention_days
         if allow_model_choice is not None:
             changes["allow_model_choice"] = allow_model_choice
-        await _answer(interaction, self.service.update_settings(requester(interaction), interaction.guild_id,
+        await _answer(interaction, self.server.update_settings(requester(interaction), interaction.guild_id,
                                                                 **changes))
 
     @settings_set.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        options = ["default", *self.service.models]
+        options = ["default", *self.server.models]
         return [app_commands.Choice(name=m, value=m) for m in options if current.lower() in m.lower()][:25]
 
     @settings.command(name="channels")
@@ -162,20 +161,20 @@ class SettingsCog(commands.Cog):
         who, guild = requester(interaction), interaction.guild_id
         channel = _music_channel_id(interaction)
         if action == "clear":
-            await _answer(interaction, self.service.clear_channels(who, guild))
+            await _answer(interaction, self.server.clear_channels(who, guild))
         elif channel is None:
             await _refused(interaction, "I can't tell which channel this is.")
         elif action == "add":
-            await _answer(interaction, self.service.add_channel(who, guild, channel))
+            await _answer(interaction, self.server.add_channel(who, guild, channel))
         else:
-            await _answer(interaction, self.service.remove_channel(who, guild, channel))
+            await _answer(interaction, self.server.remove_channel(who, guild, channel))
 
     @blocklist.command(name="add")
     @app_commands.describe(phrase="A word or phrase prompts may not contain")
     async def blocklist_add(self, interaction: discord.Interaction, phrase: app_commands.Range[str, 1, 60]) -> None:
         """Block a word or phrase (also caught spaced out, in leetspeak or with accents)."""
         if await self._admin(interaction):
-            await _answer(interaction, self.service.block(requester(interaction), interaction.guild_id, phrase))
+            await _answer(interaction, self.server.block(requester(interaction), interaction.guild_id, phrase))
 
     @blocklist.command(name="remove")
     @app_commands.describe(phrase="The blocked word or phrase to allow again")
@@ -183,12 +182,12 @@ class SettingsCog(commands.Cog):
                                phrase: app_commands.Range[str, 1, 60]) -> None:
         """Allow a blocked word or phrase again."""
         if await self._admin(interaction):
-            await _answer(interaction, self.service.unblock(requester(interaction), interaction.guild_id, phrase))
+            await _answer(interaction, self.server.unblock(requester(interaction), interaction.guild_id, phrase))
 
     @blocklist_remove.autocomplete("phrase")
     async def _blocked(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         try:
-            entries = await self.service.blocklist_entries(requester(interaction), interaction.guild_id)
+            entries = await self.server.blocklist_entries(requester(interaction), interaction.guild_id)
         except Refusal:
             return []
         except Exception:
@@ -201,4 +200,4 @@ class SettingsCog(commands.Cog):
     async def blocklist_list(self, interaction: discord.Interaction) -> None:
         """Show the blocked words and phrases."""
         if await self._admin(interaction):
-            await _answer(interaction, self.service.blocklist_text(requester(interaction), interaction.guild_id))
+            await _answer(interaction, self.server.blocklist_text(requester(interaction), interaction.guild_id))

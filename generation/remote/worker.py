@@ -1,0 +1,553 @@
+"""The worker side: takes jobs from Redis, batches them, runs the model in one thread, publishes results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from redis.exceptions import ResponseError
+
+from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
+from generation.continuation import ContinuationError
+from generation.jobs import Job
+from generation.models import ModelRegistry
+from generation.runner import JobRunner
+from generation.scheduler import batch_compatible
+from generation.types import Progress
+
+log = logging.getLogger(__name__)
+from generation.remote.keys import CANCEL_POLL_S, DEAD_MAXLEN, FILE_KINDS, GENERIC_FAILURE, MODEL_FAILURE, OOM_FAILURE, PROGRESS_EVERY_S, RedisSettings, StreamKeys, WORKERS_GROUP, connect, ensure_groups
+from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text
+from generation.remote.wire import job_from_json, track_to_dict
+
+
+# -- worker side ----------------------------------------------------------------------------------------------
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# Refresh the claim on each id only while this worker still owns it: a worker that was presumed dead must not
+# take a job back from the one that took it over. XCLAIM ... JUSTID resets the idle time, not the delivery count.
+_HEARTBEAT_LUA = """
+local kept = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    table.insert(kept, ARGV[i])
+  end
+end
+return kept
+"""
+
+
+class ScratchStore:
+    """A worker's local MediaStore: renders land here, are read back into the result entry, then deleted."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, track_id: str, ext: str) -> str:
+        if not _SAFE.match(track_id) or not re.fullmatch(r"[A-Za-z0-9]+", ext):
+            raise ValueError(f"unsafe track id or extension: {track_id!r}, {ext!r}")
+        return f"{track_id}.{ext}"
+
+    def absolute(self, rel: str) -> Path:
+        pure = PurePosixPath(rel)
+        if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+            raise ValueError(f"not a scratch path: {rel!r}")
+        return self.root.joinpath(*pure.parts)
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.absolute(rel).unlink()
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class _Task:
+    """One job entry a worker holds."""
+
+    entry_id: bytes
+    job: Job
+    deliveries: int = 1
+    input: bytes | None = None
+    input_ext: str = "flac"
+    lost: bool = False  # the heartbeat found the entry no longer ours
+
+
+class Worker:
+    """Takes jobs from Redis, batches them, runs the model in one thread and publishes files and progress."""
+
+    def __init__(self, settings: RedisSettings, *, prefix: str = "bandmate", name: str | None = None,
+                 models: ModelRegistry | None = None) -> None:
+        """models: the process's model registry, built by the wiring (it honours BANDMATE_TORCH_THREADS)."""
+        if not settings.redis_url:
+            raise ValueError("a worker needs BANDMATE_REDIS_URL")
+        self.settings = settings
+        self.keys = StreamKeys(prefix)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.claim_idle_ms = settings.redis_claim_idle_ms
+        self.heartbeat_s = settings.redis_heartbeat_s
+        self.max_deliveries = settings.redis_max_deliveries
+        self.max_batch = settings.max_batch
+        self.block_ms = max(10, min(1000, self.claim_idle_ms // 2))
+        if self.heartbeat_s * 1000 >= self.claim_idle_ms / 2:
+            log.warning("BANDMATE_REDIS_HEARTBEAT_S (%.2fs) should be well under half of BANDMATE_REDIS_CLAIM_IDLE_MS "
+                        "(%d ms), or live workers' jobs get taken over", self.heartbeat_s, self.claim_idle_ms)
+        self.redis = connect(settings.redis_url)
+        self.models = models or ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile)
+        self._scratch_dir = tempfile.TemporaryDirectory(prefix="bandmate-worker-")
+        self.scratch = ScratchStore(self._scratch_dir.name)
+        self.runner = JobRunner(self.models, self.scratch)
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
+        self._held: dict[bytes, _Task] = {}  # entries this worker holds; the heartbeat keeps them claimed
+        self._stopping = asyncio.Event()
+        self._claim_cursor = "0-0"
+        self._heartbeat_script = self.redis.register_script(_HEARTBEAT_LUA)
+        self._progress_latest: tuple[list[str], Progress] | None = None
+        self._progress_task: asyncio.Task | None = None
+        self._next_cleanup = 0.0
+        self._need_groups = True
+        self._next_outage_log = 0.0
+        self._published: OrderedDict[str, bytes] = OrderedDict()  # job id -> its result entry, the latest 1000
+        self.batches_run = 0
+
+    def stop(self) -> None:
+        """Finish the batch being generated, then exit; entries not started stay in Redis for others."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping after the current batch", self.name)
+        self._stopping.set()
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        heartbeat: asyncio.Task | None = None
+        try:
+            log.info("worker %s loading %s", self.name, self.settings.model)
+            await self._loop.run_in_executor(self._model_thread, self.models.get, self.settings.model)
+            heartbeat = asyncio.create_task(self._heartbeat(), name="bandmate-worker-heartbeat")
+            log.info("worker %s ready (batches of up to %d rows)", self.name, self.max_batch)
+            while not self._stopping.is_set():
+                try:
+                    await self._take()
+                    # Everything held, in stream order: what a Redis error interrupted last time runs now.
+                    held = sorted(self._held.values(), key=lambda t: _entry_order(t.entry_id))
+                    for batch in plan_batches(held, self.max_batch):
+                        if self._stopping.is_set():
+                            break  # not started: left in our pending list, others claim it after the idle time
+                        await self._run_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except _CONNECTION_ERRORS as error:
+                    now = time.monotonic()
+                    if now >= self._next_outage_log:
+                        self._next_outage_log = now + 60.0
+                        log.warning("worker %s: Redis unreachable (%s); retrying", self.name, error)
+                    await self._pause(1.0)
+                except ResponseError as error:
+                    if _is_nogroup(error):
+                        log.warning("worker %s: the streams are gone (Redis restarted empty?); recreating", self.name)
+                        self._need_groups = True
+                    else:
+                        log.exception("worker %s: Redis refused a command", self.name)
+                        await self._pause(1.0)
+                except Exception:  # noqa: BLE001 - a worker keeps serving; what it holds is retried
+                    log.exception("worker %s: unexpected error", self.name)
+                    await self._pause(1.0)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+            if self._progress_task is not None:
+                await asyncio.gather(self._progress_task, return_exceptions=True)
+            await self._safely(self.redis.delete(self.keys.worker(self.name)))
+            await self.redis.aclose()
+            self._model_thread.shutdown(wait=True)
+            self._scratch_dir.cleanup()
+            log.info("worker %s stopped after %d batches", self.name, self.batches_run)
+        return 0
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _safely(self, awaitable) -> Any:
+        try:
+            return await awaitable
+        except Exception as error:  # noqa: BLE001 - best effort
+            log.debug("ignored Redis error: %s", error)
+            return None
+
+    # -- taking entries -------------------------------------------------------------------------------------
+
+    async def _take(self) -> None:
+        """Hold what the next batch will run: dead workers' entries first (idle past claim_idle_ms), else the next
+        new one, plus the new ones right behind it that can join its batch. Entries that could not join are left
+        to other workers instead of waiting here behind a batch they are not part of."""
+        if self._need_groups:
+            await ensure_groups(self.redis, self.keys)
+            self._need_groups = False
+        await self._cleanup_consumers()
+        room = self.max_batch - len(self._held)
+        if room <= 0 or self._stopping.is_set():
+            return
+        cursor, claimed, _deleted = await self.redis.xautoclaim(
+            self.keys.jobs, WORKERS_GROUP, self.name, self.claim_idle_ms, self._claim_cursor, count=room)
+        self._claim_cursor = _text(cursor) or "0-0"
+        for entry_id, fields in claimed:
+            if entry_id not in self._held:
+                await self._accept(entry_id, fields, was_claimed=True)
+        if not self._held:
+            await self._read(1, block=self.block_ms)
+        if self._held and not self._stopping.is_set():
+            joinable = await self._joinable()
+            if joinable:
+                await self._read(joinable, block=None)
+
+    async def _read(self, count: int, *, block: int | None) -> None:
+        response = await self.redis.xreadgroup(WORKERS_GROUP, self.name, {self.keys.jobs: ">"}, count=count,
+                                               block=block)
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                await self._accept(entry_id, fields, was_claimed=False)
+
+    async def _joinable(self) -> int:
+        """How many of the next undelivered entries fit into the first batch of what is held (by peeking: if
+        another worker reads them first, the ones read instead are simply held for a later batch)."""
+        batch = plan_batches(sorted(self._held.values(), key=lambda t: _entry_order(t.entry_id)), self.max_batch)[0]
+        head = batch[0].job
+        rows, durations = sum(t.job.rows for t in batch), [t.job.duration_s for t in batch]
+        if rows >= self.max_batch:
+            return 0
+        groups = await self.redis.xinfo_groups(self.keys.jobs)
+        last = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == WORKERS_GROUP), None)
+        if last is None:
+            return 0
+        count = 0
+        for _entry_id, fields in await self.redis.xrange(self.keys.jobs, min=f"({_text(last)}", max="+",
+                                                         count=self.max_batch - rows):
+            try:
+                job = job_from_json(fields[b"job"])
+            except Exception:  # noqa: BLE001 - _accept deals with it when it is read
+                break
+            if rows + job.rows > self.max_batch or not batch_compatible(head, job, durations):
+                break
+            rows += job.rows
+            durations.append(job.duration_s)
+            count += 1
+        return count
+
+    async def _accept(self, entry_id: bytes, fields: dict | None, was_claimed: bool) -> None:
+        if not fields:  # deleted (cancelled or already done) while pending
+            await self._ack_job(entry_id)
+            return
+        deliveries = 1
+        if was_claimed:
+            pending = await self.redis.xpending_range(self.keys.jobs, WORKERS_GROUP, min=entry_id, max=entry_id,
+                                                      count=1)
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+        try:
+            job = job_from_json(fields[b"job"])
+        except Exception as error:  # noqa: BLE001 - a malformed entry is set aside, not retried forever
+            await self._dead_letter(entry_id, fields, deliveries, f"malformed: {error}")
+            return
+        if deliveries > self.max_deliveries:
+            await self._dead_letter(entry_id, fields, deliveries, "too many deliveries", job_id=job.id)
+            return
+        published = self._published.get(job.id)
+        if published is not None and await self.redis.xrange(self.keys.results, published, published, count=1):
+            # A copy the bot resent (after Redis came back) while our result was on its way: the result still waits
+            # for the bot, so this copy need not run. Had the result been lost too, it would not be there.
+            log.info("worker %s: job %s is already done, its result waits for the bot; skipping the copy",
+                     self.name, job.id)
+            await self._ack_job(entry_id)
+            return
+        task = _Task(entry_id, job, deliveries, fields.get(b"input"), _text(fields.get(b"input_ext")) or "flac")
+        if was_claimed:
+            log.info("worker %s took over job %s (delivery %d)", self.name, job.id, deliveries)
+        self._held[entry_id] = task
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict, deliveries: int, reason: str, *,
+                           job_id: str | None = None) -> None:
+        job_id = job_id or _text(fields.get(b"job_id"))
+        log.error("worker %s: job %s set aside in %s (%s, %d deliveries)", self.name, job_id, self.keys.dead,
+                  reason, deliveries)
+        dead = {k: v for k, v in fields.items() if k != b"input"}
+        dead.update({b"reason": reason, b"deliveries": deliveries, b"entry": entry_id, b"worker": self.name,
+                     b"at": f"{time.time():.3f}"})
+        message = (f"This piece could not be made: it was tried {deliveries - 1} times and each time the music "
+                   "worker stopped before finishing it, so it was set aside. Please try a different prompt or a "
+                   "shorter duration."
+                   if reason == "too many deliveries" else GENERIC_FAILURE)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead, dead, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xadd(self.keys.results, {"type": "failed", "job_id": job_id, "message": message, "final": "1",
+                                          "worker": self.name})
+            pipe.xack(self.keys.jobs, WORKERS_GROUP, entry_id)
+            pipe.xdel(self.keys.jobs, entry_id)
+            await pipe.execute()
+        self._held.pop(entry_id, None)
+
+    async def _ack_job(self, *entry_ids: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.jobs, WORKERS_GROUP, *entry_ids)
+            pipe.xdel(self.keys.jobs, *entry_ids)
+            await pipe.execute(raise_on_error=False)
+        for entry_id in entry_ids:
+            self._held.pop(entry_id, None)
+
+    async def _cleanup_consumers(self) -> None:
+        """Forget consumers of long-dead workers (nothing pending, idle for 10 claim periods)."""
+        now = time.monotonic()
+        if now < self._next_cleanup:
+            return
+        self._next_cleanup = now + 60.0
+        for consumer in await self.redis.xinfo_consumers(self.keys.jobs, WORKERS_GROUP):
+            name = _text(consumer["name"])
+            if name != self.name and consumer["pending"] == 0 and consumer["idle"] > 10 * self.claim_idle_ms:
+                await self.redis.xgroup_delconsumer(self.keys.jobs, WORKERS_GROUP, name)
+
+    # -- running a batch ------------------------------------------------------------------------------------
+
+    async def _cancelled_ids(self, tasks: list[_Task]) -> set[str]:
+        values = await self.redis.mget([self.keys.cancel(t.job.id) for t in tasks])
+        return {t.job.id for t, v in zip(tasks, values) if v}
+
+    async def _run_batch(self, tasks: list[_Task]) -> None:
+        """Generate one batch, then render and publish each job. Every task leaves `_held` through `_publish`."""
+        cancelled = await self._cancelled_ids(tasks)
+        for task in [t for t in tasks if t.job.id in cancelled]:
+            await self._publish(task, {"type": "cancelled"})
+        tasks = [t for t in tasks if t.job.id not in cancelled]
+        if not tasks:
+            return
+        audios = await self._generate(tasks, cancelled)
+        if audios is None:
+            return
+        for task in tasks:
+            if task.job.id in cancelled:
+                await self._publish(task, {"type": "cancelled"})
+                continue
+            try:
+                fields = await asyncio.to_thread(self._render, task, audios[task.job.id])
+            except Exception:  # noqa: BLE001
+                log.exception("worker %s: rendering job %s failed", self.name, task.job.id)
+                await self._fail([task], GENERIC_FAILURE, final=False)
+                continue
+            await self._publish(task, fields)
+
+    async def _generate(self, tasks: list[_Task], cancelled: set[str]) -> dict[str, list] | None:
+        """The model call, in the model thread. None when the outcome is already published (cancelled, failed,
+        or split in two after running out of memory)."""
+        jobs = [t.job for t in tasks]
+        inputs: list[str] = []
+        split = False
+        watcher = asyncio.create_task(self._watch_cancels(tasks, cancelled))
+        started = time.monotonic()
+        log.info("worker %s: batch of %d (%s)", self.name, len(jobs), ", ".join(j.id for j in jobs))
+        try:
+            for task in tasks:  # continuation input: from the entry's bytes to a scratch file the runner reads
+                if task.input is not None:
+                    rel = self.scratch.path_for(f"{task.job.id}in", task.input_ext)
+                    await asyncio.to_thread(self.scratch.absolute(rel).write_bytes, task.input)
+                    task.job.input_audio = rel
+                    inputs.append(rel)
+            audios = await self._loop.run_in_executor(
+                self._model_thread,
+                lambda: self.runner.generate(jobs, progress=self._progress_reporter([j.id for j in jobs]),
+                                             should_stop=lambda: len(cancelled) >= len(jobs)),
+            )
+        except GenerationCancelled:
+            for task in tasks:
+                await self._publish(task, {"type": "cancelled"})
+            return None
+        except OutOfMemory:
+            if len(tasks) == 1:
+                await self._fail(tasks, OOM_FAILURE, final=True)
+                return None
+            split = True
+        except ModelLoadError as error:
+            log.error("worker %s: %s", self.name, error)
+            await self._fail(tasks, MODEL_FAILURE, final=True)
+            return None
+        except ContinuationError as error:
+            await self._fail(tasks, str(error), final=True)
+            return None
+        except Exception:  # noqa: BLE001 - the jobs fail (the scheduler may retry them), the worker goes on
+            log.exception("worker %s: batch failed", self.name)
+            await self._fail(tasks, GENERIC_FAILURE, final=False)
+            return None
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            for rel in inputs:
+                self.scratch.remove(rel)
+        if split:
+            half = len(tasks) // 2
+            log.warning("worker %s: out of memory with %d jobs; retrying as %d + %d", self.name, len(tasks), half,
+                        len(tasks) - half)
+            for part in (tasks[:half], tasks[half:]):
+                await self._run_batch(part)
+            return None
+        self.batches_run += 1
+        log.info("worker %s: generated %d jobs in %.2fs", self.name, len(jobs), time.monotonic() - started)
+        return audios
+
+    def _render(self, task: _Task, audios) -> dict[str, Any]:
+        tracks = self.runner.render(task.job, audios)
+        fields: dict[str, Any] = {"type": "result", "deliveries": task.deliveries,
+                                  "tracks": json.dumps([track_to_dict(t) for t in tracks])}
+        for track in tracks:
+            for ext in FILE_KINDS:
+                rel = getattr(track, ext)
+                if not rel:
+                    continue
+                fields[f"f{track.variation}.{ext}"] = self.scratch.absolute(rel).read_bytes()
+                self.scratch.remove(rel)
+        return fields
+
+    async def _fail(self, tasks: list[_Task], message: str, *, final: bool) -> None:
+        for task in tasks:
+            await self._publish(task, {"type": "failed", "message": message, "final": "1" if final else "0"})
+
+    async def _publish(self, task: _Task, fields: dict[str, Any]) -> None:
+        """Add the outcome, acknowledge and delete the job entry: one transaction. Retried while Redis is away;
+        if it never comes back in time, the entry stays pending and another worker redoes the job."""
+        fields = {**fields, "job_id": task.job.id, "worker": self.name}
+        deadline = time.monotonic() + max(30.0, 2 * self.claim_idle_ms / 1000)
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.keys.results, fields)
+                    pipe.xack(self.keys.jobs, WORKERS_GROUP, task.entry_id)
+                    pipe.xdel(self.keys.jobs, task.entry_id)
+                    results = await pipe.execute(raise_on_error=False)
+                if isinstance(results[0], Exception):
+                    raise results[0]
+                if fields["type"] == "result":
+                    self._published[task.job.id] = results[0]
+                    while len(self._published) > 1000:
+                        self._published.popitem(last=False)
+                break
+            except ResponseError:
+                log.exception("worker %s: Redis refused the outcome of job %s; it will be redone", self.name,
+                              task.job.id)
+                break
+            except _CONNECTION_ERRORS as error:
+                if time.monotonic() > deadline:
+                    log.error("worker %s: could not publish job %s (%s); another worker will redo it", self.name,
+                              task.job.id, error)
+                    break
+                await asyncio.sleep(0.5)
+        self._held.pop(task.entry_id, None)
+
+    async def _watch_cancels(self, tasks: list[_Task], cancelled: set[str]) -> None:
+        while True:
+            try:
+                cancelled |= await self._cancelled_ids(tasks)
+            except _CONNECTION_ERRORS:
+                pass
+            await asyncio.sleep(CANCEL_POLL_S)
+
+    def _progress_reporter(self, job_ids: list[str]) -> Callable[[Progress], None]:
+        """Called in the model thread at every step; forwards at most one update per PROGRESS_EVERY_S."""
+        last = [0.0]
+
+        def report(progress: Progress) -> None:
+            now = time.monotonic()
+            if progress.step > 1 and progress.step < progress.total and now - last[0] < PROGRESS_EVERY_S:
+                return
+            last[0] = now
+            self._loop.call_soon_threadsafe(self._queue_progress, job_ids, progress)
+
+        return report
+
+    def _queue_progress(self, job_ids: list[str], progress: Progress) -> None:
+        self._progress_latest = (job_ids, progress)
+        if self._progress_task is None or self._progress_task.done():
+            self._progress_task = asyncio.create_task(self._send_progress())
+
+    async def _send_progress(self) -> None:
+        while self._progress_latest is not None:
+            job_ids, p = self._progress_latest
+            self._progress_latest = None
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in job_ids:
+                        pipe.xadd(self.keys.results, {"type": "progress", "job_id": job_id, "step": p.step,
+                                                      "total": p.total, "elapsed": f"{p.elapsed_s:.3f}",
+                                                      "worker": self.name})
+                    await pipe.execute()
+            except Exception as error:  # noqa: BLE001 - progress is best effort
+                log.debug("progress not sent: %s", error)
+
+    async def _heartbeat(self) -> None:
+        """Keep this worker counted as live, and its held entries from looking idle to other workers."""
+        ttl_ms = max(self.claim_idle_ms, int(3000 * self.heartbeat_s))
+        while True:
+            try:
+                await self.redis.set(self.keys.worker(self.name), b"1", px=ttl_ms)
+                held = list(self._held)
+                if held:
+                    kept = await self._heartbeat_script(keys=[self.keys.jobs], args=[WORKERS_GROUP, self.name, *held])
+                    for entry_id in set(held) - set(kept or []):
+                        task = self._held.get(entry_id)
+                        if task is not None and not task.lost:  # taken over, or Redis restarted: carry on anyway
+                            task.lost = True
+                            log.warning("worker %s: job %s (entry %s) is no longer ours in Redis; a duplicate "
+                                        "result is dropped by the bot", self.name, task.job.id, _text(entry_id))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a missed beat is retried at the next one
+                log.debug("heartbeat failed: %s", error)
+            await asyncio.sleep(self.heartbeat_s)
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def plan_batches(tasks: list[_Task], max_batch: int) -> list[list[_Task]]:
+    """Group held entries into model calls, in stream order, by the scheduler's rules; rows <= max_batch."""
+    pending, batches = list(tasks), []
+    while pending:
+        head = pending.pop(0)
+        batch, rows, durations = [head], head.job.rows, [head.job.duration_s]
+        for task in list(pending):
+            if rows + task.job.rows > max_batch:
+                continue
+            if batch_compatible(head.job, task.job, durations):
+                batch.append(task)
+                pending.remove(task)
+                rows += task.job.rows
+                durations.append(task.job.duration_s)
+        batches.append(batch)
+    return batches
+
+
+async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None) -> int:
+    """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first)."""
+    import signal
+
+    worker = Worker(settings, models=models)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    return await worker.run()
+
