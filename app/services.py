@@ -41,7 +41,7 @@ def build_models(settings: Settings) -> ModelRegistry:
         return "BANDMATE_MELODY_MODEL" if model_id == settings.melody_model else "BANDMATE_MODEL"
 
     return ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
-                         threads=settings.torch_threads, setting_for=setting_for)
+                         threads=settings.torch_threads, setting_for=setting_for, cpu_offload=settings.cpu_offload)
 
 
 def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
@@ -50,7 +50,7 @@ def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
     config = CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
                         models=tuple(settings.extra_models), max_duration_s=settings.max_duration_s,
                         max_upload_bytes=settings.max_upload_mb * 1024 * 1024, cooldown_s=settings.cooldown_s,
-                        daily_quota=settings.daily_quota)
+                        daily_quota=settings.daily_quota, max_song_s=settings.max_song_s)
     if operator:
         config = dataclasses.replace(config, cooldown_s=0.0, daily_quota=UNLIMITED)
     return config

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Awaitable, Callable
 
 from bot.grammar import PromptEdit, apply_edit
 from bot.request import Refusal, Request, Requester, Upload, UploadInfo
@@ -56,6 +56,7 @@ class CoreConfig:
     daily_quota: int = 200  # jobs a user may submit in 24 h
     max_upload_bytes: int = 25 * 1024 * 1024
     max_upload_s: float = 300.0
+    max_song_s: float = 240.0  # ACE-Step songs with lyrics (bot/vocals.py)
 
 
 class UploadUse(str, Enum):
@@ -74,6 +75,8 @@ class Plan:
     existing: Job | None = None  # the idempotency key already made this job: submit returns it
     upload_use: UploadUse | None = None
     taste: tuple[str, TrackRecord] | None = None  # (operation, parent track): a taste signal once queued
+    # Stores the upload its own way on submit (bot/vocals.py: covers, references at the model's rate).
+    store_upload: Callable[[Job, Upload], Awaitable[None]] | None = None
 
     def delivered_to(self, delivery) -> "Plan":
         return dataclasses.replace(self, request=self.request.delivered_to(delivery))
@@ -306,7 +309,11 @@ class Planner:
             return plan.existing
         job = plan.job
         job.delivery = plan.request.delivery
-        if plan.upload_use is not None:
+        if plan.store_upload is not None:
+            if upload is None:
+                raise Refusal("I couldn't read that attachment; please try again.")
+            await plan.store_upload(job, upload)
+        elif plan.upload_use is not None:
             if upload is None:
                 raise Refusal("I couldn't read that attachment; please try again.")
             self.check_upload(UploadInfo(upload.filename, len(upload.data)))

@@ -44,51 +44,21 @@ from generation.ace_requests import (
     DEFAULT_STEMS, OTHER_STEM, AceRequest, AceRequestError, AceTask, batch_key, check_request, from_generation_request,
     resolved_duration,
 )
+from generation.ace_step_facts import (  # noqa: F401 - the family's facts, re-exported for callers of this module
+    BASE_GUIDANCE, BASE_STEPS, DEFAULT_MODEL, FAMILY, LICENSE, MAX_DURATION_S, PIPELINE_CLASS, SAMPLE_RATE,
+    TURBO_STEPS, is_ace_step, license_for, model_facts,
+)
 from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
 from generation.musicgen import DeviceChoice, choose_device, is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
-FAMILY = "ace-step"
-LICENSE = "MIT"
-PIPELINE_CLASS = "AceStepPipeline"  # model_index.json's _class_name
-DEFAULT_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"
-MAX_DURATION_S = 600.0  # ACE-Step 1.5: 10 s to 10 minutes
-SAMPLE_RATE = 48_000
-TURBO_STEPS = 8
-BASE_STEPS = 50
-BASE_GUIDANCE = 7.0
 SHIFT = 3.0  # the pipeline's (and the turbo model's) timestep shift
 NO_CONTINUATION = "ACE-Step can't continue audio; ask for a song of the length you want, or replace a part of it."
 TASKS = frozenset(AceTask)
 
 AnyRequest = Union[AceRequest, GenerationRequest]
-
-
-def license_for(model_id: str) -> str:
-    """ACE-Step 1.5's code and weights are MIT-licensed."""
-    return LICENSE
-
-
-def is_ace_step(pipeline_class: str | None, model_id: str) -> bool:
-    """Whether a model id is this family, from model_index.json's `_class_name` (generation/models.py's
-    `pipeline_class(model_id)`); a hub id whose index cannot be read (offline, not cached) counts when its name says
-    ACE-Step, so its loader explains what is missing."""
-    if pipeline_class is not None:
-        return pipeline_class == PIPELINE_CLASS
-    name = model_id.lower()
-    return not os.path.isdir(model_id) and ("acestep" in name or "ace-step" in name)
-
-
-def model_facts(model_id: str) -> dict[str, Any]:
-    """What the family can do, known without loading (for ModelInfo, /help and doctor). A hub id naming "turbo"
-    (or, loaded, a transformer config with is_turbo) is guidance-distilled: 8 steps, no guidance."""
-    turbo = "turbo" in model_id.lower()
-    return dict(family=FAMILY, license=LICENSE, sample_rate=SAMPLE_RATE, channels=2, max_duration_s=MAX_DURATION_S,
-                default_steps=TURBO_STEPS if turbo else BASE_STEPS, default_guidance=1.0 if turbo else BASE_GUIDANCE,
-                supports_continuation=False, supports_lyrics=True, tasks=tuple(t.value for t in AceTask),
-                stems=DEFAULT_STEMS)
 
 
 def explain_load_error(model_id: str, error: BaseException) -> str:

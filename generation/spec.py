@@ -49,6 +49,15 @@ class JobSpec:
     melody_model: str | None = None
     chain: ChainPlan | None = None
     window: WindowRef | None = None
+    # --- ACE-STEP: a song's words and metadata, a repaint's range, a cover's strength, a reference, stems ---
+    lyrics: str | None = None  # Suno-style [verse]/[chorus] tags; "" or None: an instrumental
+    language: str | None = None  # the sung language ("en")
+    bpm: int | None = None
+    key: str | None = None  # "C major", "F# minor"
+    repaint: tuple[float, float] | None = None  # (start_s, end_s) of the parent track made anew
+    cover_strength: float | None = None  # 1 keeps the source's structure most, 0 is a new song
+    reference_audio: str | None = None  # a stored upload whose sound the result takes ("sound like this")
+    stems: tuple[str, ...] = ()  # the stems to split the input audio into
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -56,6 +65,14 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        for name in ("lyrics", "language", "bpm", "key", "cover_strength", "reference_audio"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.repaint is not None:
+            out["repaint_start_s"], out["repaint_end_s"] = self.repaint
+        if self.stems:
+            out["stems"] = list(self.stems)
         if self.blended:
             out["blended"] = list(self.blended)
         if self.sections:
@@ -82,6 +99,18 @@ class JobSpec:
         spec.strength = _number(data.get("strength"))
         spec.negative_prompt = _string(data.get("negative_prompt"))
         spec.melody_model = _string(data.get("melody_model"))
+        spec.lyrics = data.get("lyrics") if isinstance(data.get("lyrics"), str) else None
+        spec.language = _string(data.get("language"))
+        bpm = _number(data.get("bpm"))
+        spec.bpm = int(bpm) if bpm is not None else None
+        spec.key = _string(data.get("key"))
+        spec.cover_strength = _number(data.get("cover_strength"))
+        spec.reference_audio = _string(data.get("reference_audio"))
+        start, end = _number(data.get("repaint_start_s")), _number(data.get("repaint_end_s"))
+        spec.repaint = (start, end) if start is not None and end is not None else None
+        stems = data.get("stems")
+        if isinstance(stems, (list, tuple)):
+            spec.stems = tuple(str(s) for s in stems)
         blended = data.get("blended")
         if isinstance(blended, (list, tuple)):
             spec.blended = tuple(str(t) for t in blended)
@@ -101,6 +130,10 @@ class JobSpec:
             spec.window = WindowRef(owner_id=str(data["window_of"]), index=int(data.get("window") or 1),
                                     output=_string(data.get("output")))
         return spec
+
+    def uploads(self) -> list[str]:
+        """Audio a person uploaded that this spec names (a reference): their data, removed when they are forgotten."""
+        return [self.reference_audio] if self.reference_audio else []
 
     def files(self) -> list[str]:
         """Intermediate audio this job's spec names (a chain's window outputs): what privacy and backups skip."""
