@@ -21,6 +21,7 @@ from bot.discord.cogs.compose import ComposeCog
 from bot.discord.cogs.conversation import ConversationCog
 from bot.discord.cogs.privacy import PrivacyCog
 from bot.discord.cogs.settings import SettingsCog
+from bot.discord.cogs.vocals import VocalsCog
 from bot.discord.delivery import DiscordTransport, Messenger, StatusUpdater
 from bot.discord.render import NO_PINGS
 
@@ -65,6 +66,7 @@ class BandmateBot(commands.Bot):
         await self.add_cog(ComposeCog(self, self.jobs))
         await self.add_cog(ConversationCog(self, self.core, self.status_updates))
         await self.add_cog(CollabCog(self, self.jobs))
+        await self.add_cog(VocalsCog(self, self.jobs))
         if self.core.presets is not None and self.core.server_settings is not None:
             await self.add_cog(SettingsCog(self, self.core.presets, self.core.server_settings))
         if self.core.privacy is not None:
