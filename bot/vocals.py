@@ -20,8 +20,8 @@ from bot.planner import ComposeOptions, Plan, Planner
 from bot.request import Refusal, Request, Upload, UploadInfo
 from bot.words import clean_prompt, human_seconds
 from generation.jobs import Job, JobKind, Operation, TrackRecord
-from generation.lyrics import LyricsError, Section, clean_lyrics, estimate_duration, replace_section_lines, \
-    song_sections
+from generation.lyrics import LyricsError, Section, clean_lyrics, describe_sections, estimate_duration, \
+    replace_section_lines, song_sections
 from generation.models import ModelInfo
 from generation.postprocess import write_flac
 from generation.replace_reply import ReplaceInstruction, ReplyError, check_range, parse_replace_reply
@@ -58,7 +58,7 @@ def inline_lyrics(text: str | None) -> str:
     if "\n" in text:
         return text
     text = _INLINE_TAG.sub(lambda m: f"\n{m.group(1)}\n", text)
-    return "\n".join(part.strip() for part in re.split(r"\s+/\s+|\n", text))
+    return "\n".join(part.strip() for part in re.split(r"\s+/\s+|\n", text)).strip()
 
 
 def normal_key(key: str | None) -> str | None:
@@ -186,7 +186,10 @@ class Vocals:
                 start, end = check_range(float(start_s), float(end_s), parent.duration_s)
                 instruction = ReplaceInstruction(start, end, None, prompt, None, lyrics)
         except ReplyError as error:
-            raise Refusal(str(error)) from None
+            hint = str(error)
+            if sections and "sections:" not in hint:  # a range refused: say where the song's parts are
+                hint += f" Its sections: {describe_sections(sections)}."
+            raise Refusal(hint) from None
         new_prompt = parent.prompt
         if instruction.prompt:
             new_prompt = f"{parent.prompt}, {instruction.prompt}" if parent.prompt else instruction.prompt
