@@ -234,7 +234,8 @@ class Vocals:
         (checked against the file's length once it is decoded, before anything is queued)."""
         model, info = self._capable("repaint")
         self.planner.check_upload(upload)
-        text = await self._prompt(request, prompt) if prompt.strip() else ""
+        text = await self._prompt(request, prompt) if prompt.strip() else \
+            clean_prompt(upload.filename, self.config.max_prompt_chars)
         words = await self._lyrics(request, lyrics)
         await self.planner.check_quota(request.who)
         job = self.planner._new_job(request, prompt=text, duration_s=0.0, model=model, kind=JobKind.REPAINT,
@@ -290,8 +291,8 @@ class Vocals:
         if existing is not None:
             return Plan(request, None, existing=existing)
         await self.planner.check_quota(request.who)
-        job = self.planner._new_job(request, prompt=parent.prompt if parent else "",
-                                    duration_s=parent.duration_s if parent else 0.0, model=model,
+        name = parent.prompt if parent else clean_prompt(upload.filename, self.config.max_prompt_chars)
+        job = self.planner._new_job(request, prompt=name, duration_s=parent.duration_s if parent else 0.0, model=model,
                                     sampling=SamplingParams(guidance=info.default_guidance), kind=JobKind.STEMS,
                                     operation=Operation.STEMS, parent_track_id=parent.id if parent else None,
                                     input_audio=parent.flac if parent else None, spec=JobSpec(stems=info.stems))

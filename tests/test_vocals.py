@@ -279,3 +279,47 @@ async def test_export_includes_lyrics_and_forget_erases_them(world):
     kept = await world.store.tracks_for_job(job.id)
     assert kept and "lyrics" not in kept[0].params and "sections" in kept[0].params
     assert not (await world.store.get_job(job.id)).spec.lyrics
+
+
+# --- "sound like this", and batching by the family's key -----------------------------------------------------------
+
+
+def wav_bytes(seconds_: float, rate: int = 32_000) -> bytes:
+    import io
+
+    t = np.arange(int(seconds_ * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.mark.asyncio
+async def test_a_reference_upload_is_stored_at_the_models_rate_and_forgotten(world):
+    from bot.core import Upload, UploadInfo
+
+    data = wav_bytes(2.0)
+    plan = await world.plan_lyric_song(req(), SongOptions("dream pop", lyrics="[verse]\nla la", duration_s=3.0),
+                                       UploadInfo("like-this.wav", len(data)))
+    job, tracks = await world.finished(await world.submit(plan, Upload("like-this.wav", data)))
+    assert job.state is JobState.DONE, job.error
+    ref = world.path(job.spec.reference_audio)
+    assert sf.info(str(ref)).samplerate == 48_000 and sf.info(str(ref)).channels == 2
+    assert abs(seconds(world.path(tracks[0].flac)) - 3.0) < 1e-3
+    with pytest.raises(Refusal):  # a reference that is not audio is refused before anything is queued
+        await world.plan_lyric_song(req(), SongOptions("x", lyrics="la"), UploadInfo("notes.pdf", 10))
+    await world.privacy.forget("alice", delete_tracks=False)
+    assert not ref.exists()
+
+
+def test_ace_jobs_batch_only_with_the_same_length_and_metadata():
+    from generation.jobs import Job
+    from generation.scheduler import batch_compatible
+
+    def job(duration: float, **spec) -> Job:
+        return Job(user_id="u", prompt="p", duration_s=duration, model=ACE, spec=JobSpec(lyrics="la", **spec))
+
+    head = job(10.0)
+    assert batch_compatible(head, job(10.0), [10.0])
+    assert not batch_compatible(head, job(9.0), [10.0])
+    assert not batch_compatible(head, job(10.0, bpm=90), [10.0])
+    assert not batch_compatible(job(10.0, repaint=(1.0, 2.0)), job(10.0, repaint=(2.0, 3.0)), [10.0])
