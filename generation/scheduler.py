@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from generation import chain
+from generation.chain_runs import ChainRuns
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.events import EventKind, JobEvent
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
@@ -122,10 +123,7 @@ class Scheduler:
         self.executor = executor
         self.config = config
         self.remove_files = remove_files
-        self._owners: dict[str, Job] = {}  # chains' owners, from submission until they finish
-        self._held: dict[str, str] = {}  # owner id -> id of the helper window it waits for
-        self._helper_owner: dict[str, str] = {}  # helper window id -> owner id
-        self._chain_cancel: set[str] = set()  # owners cancelled by their user: no further window starts
+        self._chains = ChainRuns(self)  # long continuations as chains of window jobs
         self._queued: dict[str, deque[Job]] = {}
         self._rotation: deque[str] = deque()
         self._batches: list[_Batch] = []
@@ -145,7 +143,7 @@ class Scheduler:
     async def start(self) -> None:
         """Resume what a crash or restart left: queued and running jobs run (again); results are delivered."""
         self._loop = asyncio.get_running_loop()
-        known = {j.id for q in self._queued.values() for j in q} | set(self._owners)
+        known = {j.id for q in self._queued.values() for j in q} | set(self._chains.owners)
         owners: list[Job] = []
         for job in await self.store.unfinished_jobs():
             if job.id in known:
@@ -158,7 +156,7 @@ class Scheduler:
             else:
                 self._enqueue(job)
         for owner in owners:  # after the helpers, which the loop above queued again
-            await self._advance_chain(owner)
+            await self._chains.advance(owner)
         if self.depth:
             log.info("resumed %d unfinished jobs", self.depth)
         self._loop_task = asyncio.create_task(self._run(), name="bandmate-scheduler")
@@ -234,7 +232,7 @@ class Scheduler:
         if stored.id != job.id:  # same idempotency key: the job already exists
             return stored
         if chain.is_owner(stored):
-            await self._advance_chain(stored)
+            await self._chains.advance(stored)
             total = chain.chain_steps(stored)[1]
         else:
             self._enqueue(stored)
@@ -247,10 +245,10 @@ class Scheduler:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job. Returns False when it had already finished (or is unknown)."""
-        chained = job_id in self._owners
+        chained = job_id in self._chains.owners
         if chained:  # whichever window it is at, even between two, the chain goes no further
-            self._chain_cancel.add(job_id)
-        job_id = self._held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
+            self._chains.cancelled.add(job_id)
+        job_id = self._chains.held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
         for user, queue in self._queued.items():
             for job in queue:
                 if job.id == job_id:
@@ -273,10 +271,10 @@ class Scheduler:
 
     def request_id(self, job_id: str) -> str:
         """The user's own job that `job_id` works for: a chain's owner for its helper windows, else itself."""
-        return self._helper_owner.get(job_id, job_id)
+        return self._chains.request_id(job_id)
 
     def position(self, job_id: str) -> int | None:
-        job_id = self._held.get(job_id, job_id)
+        job_id = self._chains.held.get(job_id, job_id)
         for i, job in enumerate(self._fair_order(), start=1):
             if job.id == job_id:
                 return i
@@ -286,9 +284,9 @@ class Scheduler:
         """Seconds until the job is done, from the measured speed of the model (None until measured)."""
         if self._step_s is None:
             return None
-        if job_id in self._held:  # a chain: its current helper window, then the windows after it
-            helper_id = self._held[job_id]
-            owner = self._owners[job_id]
+        if job_id in self._chains.held:  # a chain: its current helper window, then the windows after it
+            helper_id = self._chains.held[job_id]
+            owner = self._chains.owners[job_id]
             steps, _ = chain.chain_steps(owner)
             current = self.eta(helper_id)
             done = chain.next_window(owner)
@@ -513,11 +511,11 @@ class Scheduler:
         job.finished_at = time.time()
         job.error = None
         if chain.owner_of(job):
-            await self._helper_done(job, tracks)
+            await self._chains.helper_done(job, tracks)
             return
         await self.store.complete_job(job, tracks)
         self._emit(JobEvent(EventKind.DONE, job.id, job.user_id, step=1, total=1))
-        await self._end_chain(job)
+        await self._chains.end(job)
         await self._deliver(job, tracks)
 
     async def _mark_cancelled(self, job: Job) -> None:
@@ -527,10 +525,10 @@ class Scheduler:
         job.error = "Cancelled."
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message=job.error))
-        owner = self._owner_waiting_on(job)
+        owner = self._chains.owner_waiting_on(job)
         if owner is not None:  # a helper window: its chain ends with it
             await self._mark_cancelled(owner)
-        await self._end_chain(job)
+        await self._chains.end(job)
 
     async def _mark_failed(self, job: Job, message: str) -> None:
         job.state = JobState.FAILED
@@ -538,64 +536,13 @@ class Scheduler:
         job.error = message
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.FAILED, job.id, job.user_id, message=message))
-        owner = self._owner_waiting_on(job)
+        owner = self._chains.owner_waiting_on(job)
         if owner is not None:  # a helper window failed for good: so does the piece it was part of
             await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)  # nothing of its own to send
             await self._mark_failed(owner, message)
             return
-        await self._end_chain(job)
+        await self._chains.end(job)
         await self._deliver(job, [])
-
-    # -- chains of window jobs (generation/chain.py) ------------------------------------------------------------
-
-    def _owner_waiting_on(self, helper: Job) -> Job | None:
-        owner_id = self._helper_owner.pop(helper.id, None)
-        if owner_id is None or self._held.get(owner_id) != helper.id:
-            return None
-        del self._held[owner_id]
-        return self._owners.get(owner_id)
-
-    async def _advance_chain(self, owner: Job) -> None:
-        """Queue the owner's next window: a helper job, or the owner itself once every helper has finished.
-
-        After a restart a helper may already exist (found by its idempotency key): a finished one is used, an
-        unfinished one was queued again by start().
-        """
-        self._owners[owner.id] = owner
-        while True:
-            if owner.id in self._chain_cancel:
-                self._held.pop(owner.id, None)
-                await self._mark_cancelled(owner)
-                return
-            index = chain.next_window(owner)
-            if index >= len(chain.windows_of(owner)):
-                self._held.pop(owner.id, None)
-                owner.input_audio = chain.outputs_of(owner)[-1]  # in memory only: the row keeps the user's source
-                self._enqueue(owner)
-                self._wake.set()
-                return
-            helper = await self.store.add_job(chain.helper_job(owner, index))
-            self._held[owner.id] = helper.id
-            self._helper_owner[helper.id] = owner.id
-            if helper.state is JobState.DONE and helper.spec.window.output:
-                await self._record_output(owner, helper.spec.window.output)
-                continue
-            if helper.state in (JobState.FAILED, JobState.CANCELLED):
-                self._held.pop(owner.id, None)
-                self._helper_owner.pop(helper.id, None)
-                if helper.state is JobState.FAILED:
-                    await self._mark_failed(owner, helper.error or "A part of this piece failed.")
-                else:
-                    await self._mark_cancelled(owner)
-                return
-            if not any(j.id == helper.id for j in self._fair_order() + self.running_jobs()):
-                self._enqueue(helper)
-                self._wake.set()
-            return
-
-    async def _record_output(self, owner: Job, output: str) -> None:
-        owner.spec.chain.outputs.append(output)
-        await self.store.record_spec(owner)
 
     async def _remove(self, rels: list[str]) -> None:
         if rels and self.remove_files is not None:
@@ -603,40 +550,6 @@ class Scheduler:
                 await self.remove_files(rels)
             except OSError:
                 log.exception("could not remove %d window files", len(rels))
-
-    async def _helper_done(self, helper: Job, tracks: list[TrackRecord]) -> None:
-        """A helper window finished: its unprocessed audio is the next window's input. Nothing to deliver.
-
-        A cancel that arrived after the model call ended is honoured by _advance_chain (via _chain_cancel)."""
-        output = tracks[0].flac if tracks else None
-        helper.spec.window.output = output
-        await self.store.record_spec(helper)  # first: a helper row that says DONE always names its output
-        await self.store.complete_job(helper, [])
-        await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
-        helper.delivery_state = DeliveryState.DELIVERED
-        self._cancelled.discard(helper.id)
-        owner = self._owner_waiting_on(helper)
-        if owner is None:  # its chain was cancelled meanwhile
-            await self._remove([output] if output else [])
-            return
-        if output is None:
-            await self._mark_failed(owner, "A part of this piece came out empty; please try again.")
-            return
-        try:
-            await self._record_output(owner, output)
-            await self._advance_chain(owner)
-        except Exception:  # noqa: BLE001 - a chain must end, not wait forever for a window that never comes
-            log.exception("job %s: could not go on to its next window", owner.id)
-            self._held.pop(owner.id, None)
-            await self._mark_failed(owner, "Something went wrong between two parts of this piece; please try again.")
-
-    async def _end_chain(self, job: Job) -> None:
-        """A chain's owner finished (done, failed or cancelled): its intermediate audio goes."""
-        if self._owners.pop(job.id, None) is None:
-            return
-        self._held.pop(job.id, None)
-        self._chain_cancel.discard(job.id)
-        await self._remove(chain.outputs_of(job))
 
     # -- delivery -----------------------------------------------------------------------------------------
 
@@ -666,7 +579,7 @@ class Scheduler:
     # -- events -------------------------------------------------------------------------------------------
 
     def _emit(self, event: JobEvent) -> None:
-        event = self._as_chain_event(event)
+        event = self._chains.as_event(event)
         if event is None:
             return
         for listener in list(self._listeners):
@@ -674,33 +587,6 @@ class Scheduler:
                 listener(event)
             except Exception:  # noqa: BLE001 - a broken listener must not stop the queue
                 log.exception("job event listener failed")
-
-    def _as_chain_event(self, event: JobEvent) -> JobEvent | None:
-        """A window's events are its chain's: progress across all windows, under the owner's id."""
-        owner = self._owners.get(self._helper_owner.get(event.job_id, event.job_id))
-        if owner is None or event.kind in (EventKind.QUEUED, EventKind.CANCELLED, EventKind.FAILED) \
-                and owner.id != event.job_id:
-            return None if owner is not None else event  # a helper's end is announced as its owner's
-        helper = owner.id != event.job_id
-        if event.kind is EventKind.DONE and helper:
-            return None
-        steps, total = chain.chain_steps(owner)
-        index = chain.window_index(owner) if not helper else chain.next_window(owner)
-        before = sum(steps[: index - 1])
-        note = f"window {index} of {len(steps)}"
-        if event.kind in (EventKind.PROGRESS, EventKind.STARTED):
-            step = before + (event.step if event.kind is EventKind.PROGRESS else 0)
-            eta = (total - step) * self._step_s if self._step_s else None
-            return JobEvent(EventKind.PROGRESS, owner.id, owner.user_id, step=step, total=total, eta_s=eta,
-                            message=note)
-        if event.kind is EventKind.POSITION:
-            message = event.message or (f"{note} waits its turn" if index > 1 else None)  # e.g. a restart notice
-            return JobEvent(EventKind.POSITION, owner.id, owner.user_id, position=event.position,
-                            eta_s=self.eta(owner.id), message=message)
-        if helper:
-            return JobEvent(event.kind, owner.id, owner.user_id, event.step, event.total, event.position,
-                            event.eta_s, event.message)
-        return event
 
     def _emit_positions(self) -> None:
         for i, job in enumerate(self._fair_order(), start=1):
