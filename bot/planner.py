@@ -220,6 +220,10 @@ class Planner:
         job = self._new_job(request, prompt=parent.prompt, duration_s=parent.duration_s, model=parent.model,
                             sampling=sampling, operation=operation, parent_track_id=parent.id,
                             variations=min(variations, self.config.max_variations))
+        if info.lyrics and operation in (Operation.VARIATION, Operation.MORE_LIKE):
+            # ACE-Step: a new take (an edit, more like this) sings the same words, with the same metadata.
+            for name in ("lyrics", "language", "bpm", "key"):
+                setattr(job.spec, name, parent.params.get(name, "" if name == "lyrics" else None))
         if info.variation_strength is not None and operation in (Operation.VARIATION, Operation.MORE_LIKE):
             # A diffusion family's variations start from the track's audio (audio-to-audio) at a middle strength.
             job.input_audio, job.spec.strength = parent.flac, info.variation_strength

@@ -323,3 +323,12 @@ def test_ace_jobs_batch_only_with_the_same_length_and_metadata():
     assert not batch_compatible(head, job(9.0), [10.0])
     assert not batch_compatible(head, job(10.0, bpm=90), [10.0])
     assert not batch_compatible(job(10.0, repaint=(1.0, 2.0)), job(10.0, repaint=(2.0, 3.0)), [10.0])
+
+
+@pytest.mark.asyncio
+async def test_a_new_take_of_a_song_sings_the_same_words(world):
+    job, (parent,) = await song(world, lyrics="[verse]\nsame words here", duration_s=4.0)
+    outcome = await world.reply(req(), job.id, "make it jazzier")
+    assert outcome.job is not None and outcome.job.model == ACE
+    assert outcome.job.spec.lyrics == "[verse]\nsame words here" and outcome.job.spec.bpm == 120
+    assert "jazzy" in outcome.job.prompt and outcome.job.duration_s == parent.duration_s
