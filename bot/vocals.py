@@ -209,7 +209,8 @@ class Vocals:
         job = self.planner._new_job(request, prompt=new_prompt, duration_s=parent.duration_s, model=parent.model,
                                     kind=JobKind.REPAINT, operation=Operation.REPLACE, parent_track_id=parent.id,
                                     input_audio=parent.flac, spec=spec)
-        return Plan(request, job, taste=(Operation.VARIATION.value, parent))
+        return Plan(request, job, taste=(Operation.VARIATION.value, parent),
+                    rate_limited=parent.user_id != request.who.user_id)  # one's own result: never held back
 
     @staticmethod
     def _new_words(lyrics: str, sections: list[Section], instruction: ReplaceInstruction, lines: str) -> str:
@@ -272,7 +273,8 @@ class Vocals:
                                     parent_track_id=parent.id if parent else None,
                                     input_audio=parent.flac if parent else None, spec=spec)
         if parent is not None:
-            return Plan(request, job, taste=(Operation.VARIATION.value, parent))
+            return Plan(request, job, taste=(Operation.VARIATION.value, parent),
+                        rate_limited=parent.user_id != request.who.user_id)
         return Plan(request, job, store_upload=self._source_store(info))
 
     async def plan_stems(self, request: Request, *, track_id: str | None = None,
@@ -296,7 +298,9 @@ class Vocals:
                                     sampling=SamplingParams(guidance=info.default_guidance), kind=JobKind.STEMS,
                                     operation=Operation.STEMS, parent_track_id=parent.id if parent else None,
                                     input_audio=parent.flac if parent else None, spec=JobSpec(stems=info.stems))
-        return Plan(request, job, store_upload=None if parent else self._source_store(info))
+        if parent is not None:
+            return Plan(request, job, rate_limited=parent.user_id != request.who.user_id)
+        return Plan(request, job, store_upload=self._source_store(info))
 
     # -- uploads ----------------------------------------------------------------------------------------
 

@@ -58,10 +58,11 @@ class JobSpec:
     cover_strength: float | None = None  # 1 keeps the source's structure most, 0 is a new song
     reference_audio: str | None = None  # a stored upload whose sound the result takes ("sound like this")
     stems: tuple[str, ...] = ()  # the stems to split the input audio into
+    not_before: float | None = None  # epoch seconds: the job starts no earlier (its user's rate limit)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in ("source_s", "steps", "strength", "negative_prompt", "melody_model"):
+        for name in ("source_s", "steps", "strength", "negative_prompt", "melody_model", "not_before"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -111,6 +112,7 @@ class JobSpec:
         stems = data.get("stems")
         if isinstance(stems, (list, tuple)):
             spec.stems = tuple(str(s) for s in stems)
+        spec.not_before = _number(data.get("not_before"))
         blended = data.get("blended")
         if isinstance(blended, (list, tuple)):
             spec.blended = tuple(str(t) for t in blended)

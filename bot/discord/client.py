@@ -22,7 +22,8 @@ from bot.discord.cogs.conversation import ConversationCog
 from bot.discord.cogs.privacy import PrivacyCog
 from bot.discord.cogs.settings import SettingsCog
 from bot.discord.cogs.vocals import VocalsCog
-from bot.discord.delivery import DiscordTransport, Messenger, StatusUpdater
+from bot.discord.delivery import DiscordTransport, Messenger
+from bot.discord.status import StatusUpdater
 from bot.discord.render import NO_PINGS
 
 log = logging.getLogger(__name__)
