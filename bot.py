@@ -6,6 +6,9 @@
     python bot.py continue FILE --prompt "..." --duration 10 --out out/ [--json]
     python bot.py doctor | download [MODEL|audioseal] | backup PATH | restore BACKUP | worker | console
     python bot.py verify FILE [--json]     exit 0 when this server's Bandmate made the file, unchanged; else 1
+    python bot.py compose "PROMPT" --lyrics TEXT|@FILE [--language en] [--bpm N] [--key "C major"] [--json]
+    python bot.py replace TRACK_FILE --start S --end S [--prompt ...] [--lyrics ...] | cover FILE --style "..."
+    python bot.py stems FILE --json
 """
 
 from __future__ import annotations
@@ -32,8 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     compose = sub.add_parser("compose", help="text to music")
     compose.add_argument("prompt")
-    compose.add_argument("--duration", type=float, default=8.0, help="seconds")
+    compose.add_argument("--duration", type=float, default=None, help="seconds (default 8; with --lyrics: as long "
+                                                                       "as the lyrics need)")
+    compose.add_argument("--lyrics", default=None, help="a song's words ([verse]/[chorus] tags), or @FILE (ACE-Step)")
+    compose.add_argument("--language", default=None, help="the sung language, e.g. en (ACE-Step)")
+    compose.add_argument("--bpm", type=int, default=None, help="tempo (ACE-Step)")
+    compose.add_argument("--key", default=None, help='e.g. "C major" (ACE-Step)')
     sampling_options(compose)
+
+    replace = sub.add_parser("replace", help="make a range of a track anew (ACE-Step)")
+    replace.add_argument("file", help="a track made here (its MP3/FLAC) or any audio file")
+    replace.add_argument("--start", type=float, required=True, help="seconds")
+    replace.add_argument("--end", type=float, required=True, help="seconds")
+    replace.add_argument("--prompt", default="", help="what the range becomes")
+    replace.add_argument("--lyrics", default=None, help="new words for the range, or @FILE")
+    sampling_options(replace)
+
+    cover = sub.add_parser("cover", help="remake an audio file in another style (ACE-Step)")
+    cover.add_argument("file")
+    cover.add_argument("--style", required=True)
+    cover.add_argument("--strength", type=float, default=None, help="0 to 1: how much of its structure stays (0.8)")
+    sampling_options(cover)
+
+    stems = sub.add_parser("stems", help="split an audio file into stems (ACE-Step)")
+    stems.add_argument("file")
+    sampling_options(stems)
 
     cont = sub.add_parser("continue", help="continue an audio file")
     cont.add_argument("file")
@@ -61,6 +87,16 @@ def dispatch(settings, args) -> int:
     from app import commands
     from bot.core import ComposeOptions, Upload
 
+    if args.command in ("replace", "cover", "stems") or (args.command == "compose" and args.lyrics is not None):
+        from app import vocal_commands
+
+        try:
+            return getattr(vocal_commands, "compose_song" if args.command == "compose" else args.command)(settings, args)
+        except OSError as error:
+            print(f"error: cannot read {getattr(error, 'filename', '') or 'the file'}: {error.strerror}", file=sys.stderr)
+            return 2
+    if args.command == "compose" and args.duration is None:
+        args.duration = 8.0
     if args.command in ("compose", "continue"):
         upload = None
         prompt = args.prompt

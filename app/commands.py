@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app.services import Application, build_models
 from app.settings import Settings
+from app.vocal_commands import vocal_fields
 from bot.core import Bandmate, ComposeOptions, Refusal, Request, Requester, Upload
 from bot.messages import OutgoingMessage
 from bot.text import plain
@@ -113,7 +114,8 @@ class CommandLineTransport:
                 await asyncio.to_thread(shutil.copyfile, src, dest)
                 paths[kind] = str(dest)
             rows.append({**paths, "duration_s": track.duration_s, "seed": track.seed, "prompt": track.prompt,
-                         "track_id": track.id, "job_id": job.id, "model": track.model, "variation": track.variation})
+                         "track_id": track.id, "job_id": job.id, "model": track.model, "variation": track.variation,
+                         **vocal_fields(track)})
         self.rows[job.id] = rows
         self.waiter(job.id).set()
 
@@ -234,6 +236,10 @@ def download(settings: Settings, model: str | None) -> int:
     if model == "audioseal":
         return download_audioseal(settings)
 
+    if model == "ace-step":  # a name for ACE-Step 1.5's default checkpoint
+        from generation.ace_step_facts import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
     models = [model] if model else list(dict.fromkeys((settings.model, *settings.extra_models,
                                                         settings.melody_model)))
     for model_id in models:

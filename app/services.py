@@ -44,7 +44,7 @@ def build_models(settings: Settings) -> ModelRegistry:
         return "BANDMATE_MELODY_MODEL" if model_id == settings.melody_model else "BANDMATE_MODEL"
 
     return ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
-                         threads=settings.torch_threads, setting_for=setting_for)
+                         threads=settings.torch_threads, setting_for=setting_for, cpu_offload=settings.cpu_offload)
 
 
 def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
@@ -53,6 +53,7 @@ def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
     config = CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
                         models=tuple(settings.extra_models), max_duration_s=settings.max_duration_s,
                         max_upload_bytes=settings.max_upload_mb * 1024 * 1024, daily_quota=settings.daily_quota,
+                        max_song_s=settings.max_song_s,
                         rate_limit=RateLimit(settings.rate_burst, settings.rate_per_min))
     if operator:
         config = dataclasses.replace(config, rate_limit=RateLimit.off(), daily_quota=UNLIMITED)

@@ -21,12 +21,13 @@ from bot.planner import ComposeOptions, CoreConfig, Plan, Planner
 from bot.request import Refusal, Request, Requester, Upload, UploadInfo
 from bot.text import user
 from bot.upload_fit import fit_files
+from bot.vocals import SongOptions, Vocals
 from bot.words import human_seconds, short
 from generation.events import EventKind, JobEvent
 from generation.jobs import Job, JobState, Operation, TrackRecord
 
 __all__ = ["Bandmate", "ComposeOptions", "CoreConfig", "Refusal", "ReplyOutcome", "Request", "Requester",
-           "Transport", "Upload", "UploadInfo"]
+           "SongOptions", "Transport", "Upload", "UploadInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Bandmate:
         self.clock = clock
         self.credentials = credentials  # bot/verify.py CredentialService: /verify and re-signing refit copies
         self._transports: dict[str, Transport] = {}
+        self.vocals = Vocals(planner)  # songs with lyrics, replacing parts, covers, stems (ACE-Step)
         self._unlisten: list[Callable[[], None]] = []
 
     # -- transports ---------------------------------------------------------------------------------------
@@ -149,6 +151,30 @@ class Bandmate:
             plan.job.parent_track_id = await self.credentials.own_track_id(upload)
         return await self.planner.submit(plan, upload)
 
+    # ACE-Step: songs with lyrics, a part of a track replaced, covers, stems (bot/vocals.py).
+
+    async def plan_lyric_song(self, request: Request, opts: SongOptions, reference: UploadInfo | None = None) -> Plan:
+        return await self.vocals.plan_song(request, opts, reference)
+
+    async def plan_replace(self, request: Request, track_id: str, text: str | None = None, *,
+                           start_s: float | None = None, end_s: float | None = None, prompt: str | None = None,
+                           lyrics: str | None = None) -> Plan:
+        return await self.vocals.plan_replace(request, track_id, text, start_s=start_s, end_s=end_s, prompt=prompt,
+                                              lyrics=lyrics)
+
+    async def plan_replace_upload(self, request: Request, upload: UploadInfo, *, start_s: float, end_s: float,
+                                  prompt: str = "", lyrics: str | None = None) -> Plan:
+        return await self.vocals.plan_replace_upload(request, upload, start_s=start_s, end_s=end_s, prompt=prompt,
+                                                     lyrics=lyrics)
+
+    async def plan_cover(self, request: Request, style: str, *, track_id: str | None = None,
+                         upload: UploadInfo | None = None, strength: float | None = None) -> Plan:
+        return await self.vocals.plan_cover(request, style, track_id=track_id, upload=upload, strength=strength)
+
+    async def plan_stems(self, request: Request, *, track_id: str | None = None,
+                         upload: UploadInfo | None = None) -> Plan:
+        return await self.vocals.plan_stems(request, track_id=track_id, upload=upload)
+
     # One call each, for transports that know the delivery up front (the console, the command line, tests).
 
     async def compose(self, request: Request, opts: ComposeOptions, upload: Upload | None = None) -> Job:
@@ -187,6 +213,12 @@ class Bandmate:
         index = (intent.variation or 1) - 1
         if index >= len(tracks):
             return ReplyOutcome(f"There is no variation #{index + 1} here (this one has {len(tracks)}).")
+        if intent.kind is IntentKind.REPLACE:  # --- ACE-STEP: "redo the bridge", "replace 0:40-0:55 with ..." ---
+            try:
+                job = await self.submit(await self.vocals.plan_replace(request, tracks[index].id, intent.text))
+            except Refusal as refusal:
+                return ReplyOutcome(refusal.user_message)
+            return ReplyOutcome(self.queued_text(job), job)
         try:
             plan = await self.planner.plan_from_track(request, tracks[index].id, _REPLY_OPERATIONS[intent.kind],
                                                       seconds=intent.seconds, edit=intent.edit)

@@ -19,6 +19,7 @@ class IntentKind(str, Enum):
     VARIATIONS = "variations"
     EDIT = "edit"
     MORE_LIKE = "more_like"
+    REPLACE = "replace"  # a part of the track made anew (bot/vocals.py; `text` is the reply without its pick)
     CANCEL = "cancel"
     HELP = "help"
     UNKNOWN = "unknown"
@@ -67,6 +68,12 @@ COMPARATIVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _SECONDS = r"(\d+(?:\.\d+)?)\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes)?\b"
 _PICK = re.compile(r"^(?:#|v|no\.?\s*|number\s+|variation\s+)?([1-4])\s*[:.)\-]?\s+(?=\S)|^#([1-4])\b\s*")
 _MENTION = re.compile(r"<@!?\d+>")
+_PART_VERBS = r"(?:replace|redo|re-do|regenerate|remake|rework|rewrite|change|make|fix|swap)"
+_PART_WORDS = (r"(?:intro|verse|pre-?chorus|post-?chorus|chorus|bridge|outro|hook|refrain|solo|instrumental|"
+               r"interlude|breakdown|drop|ending)")
+_REPLACE_PART = re.compile(rf"^(?:please\s+)?{_PART_VERBS}\b.*?\b{_PART_WORDS}\b"
+                           rf"|^(?:please\s+)?{_PART_VERBS}\b.*?\d+(?::\d{{2}})?(?:\.\d+)?\s*s?\s*(?:-|–|—|to)\s*\d"
+                           rf"|^(?:from\s+)?\d{{1,2}}:\d{{2}}(?:\.\d+)?\s*(?:-|–|—|to)\s*\d")
 
 
 def _seconds(match: re.Match) -> float:
@@ -105,6 +112,8 @@ def parse_reply(text: str) -> Intent:
         return intent(IntentKind.HELP)
     if re.match(r"^(cancel|stop|abort|nevermind|never mind)\b", lowered):
         return intent(IntentKind.CANCEL)
+    if _REPLACE_PART.match(lowered):
+        return Intent(IntentKind.REPLACE, variation=variation, text=raw)
     replace = re.match(r"^(?:prompt|edit|new prompt|change (?:the )?prompt to)\s*[:=]\s*(.+)$", raw, re.I)
     if replace:
         return intent(IntentKind.EDIT, edit=PromptEdit(replace=replace.group(1).strip()))
@@ -192,7 +201,10 @@ HELP_TEXT = """**Bandmate** makes music with you.
 • `prompt: a new prompt` — start over from a new prompt
 • `variations` / `again` — new takes of the same prompt
 • `more like this` — variations blended with your taste
+• `redo the bridge`, `replace 0:40-0:55 with a guitar solo`, `change the second chorus to: <new lines>`,
+  `make the intro calmer` — a song's part made anew (ACE-Step songs)
 • `#2 extend 10s` — pick variation 2 of a result
 • `cancel` — stop the piece being made
-**Buttons:** 🗳 vote · 🔁 variations · ➕ extend · ❤ more like this
+**Buttons:** 🗳 vote · 🔁 variations · ➕ extend · ❤ more like this · 🎚 stems
+**Songs (ACE-Step):** `/song prompt lyrics` ([verse]/[chorus] tags; " / " breaks a line) · `/cover` · `/stems`
 **Other commands:** `/queue` · `/cancel` · `/track id` · `/help`"""

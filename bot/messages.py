@@ -12,6 +12,7 @@ class ButtonKind(str, Enum):
     VARIATIONS = "var"
     EXTEND = "ext"
     MORE_LIKE = "like"
+    STEMS = "stems"  # 🎚 split a track into stems (ACE-Step)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class OutgoingMessage:
     thread_name: str | None = None  # plain text: a transport shows it literally
     job_id: str | None = None
     requester_id: str | None = None  # whom a result is for (a transport may ping them where nothing else would)
+    thread_text: str | None = None  # markup: the first message of the result's thread (None: the usual invite)
 
 
 @dataclass

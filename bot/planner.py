@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Awaitable, Callable
 
 from bot.grammar import PromptEdit, apply_edit
 from bot.rate_limit import RateLimit, RateLimiter
@@ -59,6 +59,7 @@ class CoreConfig:
     max_upload_bytes: int = 25 * 1024 * 1024
     max_upload_s: float = 300.0
     watermark_message: int | None = None  # BANDMATE_WATERMARK=audioseal: the 16-bit message naming this server
+    max_song_s: float = 240.0  # ACE-Step songs with lyrics (bot/vocals.py)
 
 
 class UploadUse(str, Enum):
@@ -77,6 +78,8 @@ class Plan:
     existing: Job | None = None  # the idempotency key already made this job: submit returns it
     upload_use: UploadUse | None = None
     taste: tuple[str, TrackRecord] | None = None  # (operation, parent track): a taste signal once queued
+    # Stores the upload its own way on submit (bot/vocals.py: covers, references at the model's rate).
+    store_upload: Callable[[Job, Upload], Awaitable[None]] | None = None
     rate_limited: bool = True  # False for follow-ups on one's own result: they never wait for the rate limit
 
     def delivered_to(self, delivery) -> "Plan":
@@ -219,6 +222,10 @@ class Planner:
         job = self._new_job(request, prompt=parent.prompt, duration_s=parent.duration_s, model=parent.model,
                             sampling=sampling, operation=operation, parent_track_id=parent.id,
                             variations=min(variations, self.config.max_variations))
+        if info.lyrics and operation in (Operation.VARIATION, Operation.MORE_LIKE):
+            # ACE-Step: a new take (an edit, more like this) sings the same words, with the same metadata.
+            for name in ("lyrics", "language", "bpm", "key"):
+                setattr(job.spec, name, parent.params.get(name, "" if name == "lyrics" else None))
         if info.variation_strength is not None and operation in (Operation.VARIATION, Operation.MORE_LIKE):
             # A diffusion family's variations start from the track's audio (audio-to-audio) at a middle strength.
             job.input_audio, job.spec.strength = parent.flac, info.variation_strength
@@ -309,7 +316,11 @@ class Planner:
             return plan.existing
         job = plan.job
         job.delivery = plan.request.delivery
-        if plan.upload_use is not None:
+        if plan.store_upload is not None:
+            if upload is None:
+                raise Refusal("I couldn't read that attachment; please try again.")
+            await plan.store_upload(job, upload)
+        elif plan.upload_use is not None:
             if upload is None:
                 raise Refusal("I couldn't read that attachment; please try again.")
             self.check_upload(UploadInfo(upload.filename, len(upload.data)))

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from bot import vocal_views
 from bot.grammar import HELP_TEXT
 from bot.messages import Button, ButtonKind, FileItem, OutgoingMessage
 from bot.text import user
 from bot.words import human_seconds, progress_bar, short
 from generation.events import EventKind, JobEvent
-from generation.jobs import Job, JobState, Operation, TrackRecord
+from generation.jobs import Job, JobKind, JobState, Operation, TrackRecord
 
 _DOING = {Operation.CONTINUE: "Continuing", Operation.EXTEND: "Extending", Operation.VARIATION: "New take",
-          Operation.MORE_LIKE: "More like this", Operation.REMIX: "Remixing"}
+          Operation.MORE_LIKE: "More like this", Operation.REMIX: "Remixing", Operation.REPLACE: "Replacing a part",
+          Operation.COVER: "Covering", Operation.STEMS: "Splitting into stems"}
 _DONE = {Operation.CONTINUE: "continued", Operation.EXTEND: "extended", Operation.VARIATION: "new take",
-         Operation.MORE_LIKE: "more like this", Operation.REMIX: "remix"}
+         Operation.MORE_LIKE: "more like this", Operation.REMIX: "remix", Operation.REPLACE: "part replaced",
+         Operation.COVER: "cover"}
 
 
 def model_name(model_id: str) -> str:
@@ -101,6 +104,8 @@ def result_message(job: Job, tracks: list[TrackRecord], absolute: Callable[[str]
     """The posted result: what was made, its files (the MP3s and one waveform) and its buttons."""
     if job.state is not JobState.DONE:
         return OutgoingMessage(text=failure_text(job), job_id=job.id)
+    if job.kind is JobKind.STEMS:
+        return vocal_views.stems_message(job, tracks, absolute)
     tally = tally or {}
     first = tracks[0] if tracks else None
     lines = [f"🎵 **{user(short(job.prompt, 150))}**"]
@@ -112,6 +117,7 @@ def result_message(job: Job, tracks: list[TrackRecord], absolute: Callable[[str]
         lines.append("Blended in your taste: " + ", ".join(user(t) for t in job.spec.blended))
     if job.spec.sections:
         lines.append("Sections: " + ", ".join(f"{user(n)} {sec:g}s" for n, sec in job.spec.sections))
+    lines += vocal_views.detail_lines(job, first)
     if winner is not None:
         number = next((i + 1 for i, t in enumerate(tracks) if t.id == winner), None)
         votes = tally.get(winner, 0)
@@ -130,11 +136,13 @@ def result_message(job: Job, tracks: list[TrackRecord], absolute: Callable[[str]
         buttons.append(Button(ButtonKind.EXTEND, track.id, f"Extend #{n}" if many else "Extend", "➕", row=row))
         buttons.append(Button(ButtonKind.MORE_LIKE, track.id, f"Like #{n}" if many else "More like this", "❤",
                               row=row))
+        buttons += vocal_views.stems_button(job, track, f"Stems #{n}" if many else "Stems", row)
     if first is not None:
         buttons.append(Button(ButtonKind.VARIATIONS, first.id, "Variations", "🔁", row=len(tracks) if many else 0))
         files.append(FileItem(absolute(first.png), f"bandmate-{first.id}.png", "waveform"))
     return OutgoingMessage(text="\n".join(lines), files=files, buttons=buttons, job_id=job.id,
-                           thread_name=short(job.prompt, 90), requester_id=job.user_id)
+                           thread_name=short(job.prompt, 90), requester_id=job.user_id,
+                           thread_text=vocal_views.thread_text(job, first, THREAD_INVITE))
 
 
 def top_message(rows: list[tuple[TrackRecord, int]], period: str) -> OutgoingMessage:

@@ -43,6 +43,9 @@ class JobKind(str, Enum):
     CONTINUE = "continue"  # audio prompt + text
     REMIX = "remix"  # a melody (chroma) + text, through the melody model
     SONG = "song"  # sections made one after another by continuation
+    REPAINT = "repaint"  # ACE-Step: a range of the input audio made anew, the rest kept
+    COVER = "cover"  # ACE-Step: the input audio remade in another style
+    STEMS = "stems"  # ACE-Step: the input audio split into stems, one track each
 
 
 class Operation(str, Enum):
@@ -54,6 +57,9 @@ class Operation(str, Enum):
     EXTEND = "extend"
     REMIX = "remix"
     MORE_LIKE = "more_like"
+    REPLACE = "replace"  # a part of a track made anew (lineage: the parent and the range in the track's params)
+    COVER = "cover"
+    STEMS = "stems"
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,9 @@ class Job:
 
     @property
     def rows(self) -> int:
-        """Sequences this job adds to a batch (guidance's doubling is not counted)."""
+        """Sequences this job adds to a batch (guidance's doubling is not counted); stems: one per stem."""
+        if self.kind is JobKind.STEMS:
+            return max(1, len([s for s in self.spec.stems if s != "other"]) or 3)
         return self.variations
 
 

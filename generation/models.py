@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 class ModelRegistry:
     def __init__(self, *, device: str = "auto", dtype: str = "auto", compile: bool = False, threads: int = 0,
-                 setting_for: Callable[[str], str] = lambda model_id: "BANDMATE_MODEL") -> None:
-        """setting_for(model_id): the variable that names the model, for errors that say what to change."""
+                 setting_for: Callable[[str], str] = lambda model_id: "BANDMATE_MODEL", cpu_offload: bool = False) -> None:
+        """setting_for(model_id): the variable that names the model, for errors that say what to change.
+        cpu_offload: ACE-Step on a GPU keeps each network on the CPU until its turn (BANDMATE_CPU_OFFLOAD)."""
+        self.cpu_offload = cpu_offload
         self.setting_for = setting_for
         self.threads = threads
         self.device = device
@@ -60,6 +62,11 @@ class ModelRegistry:
             torch.set_num_threads(self.threads)
         from generation.musicgen import MusicGenBackend
 
+        if is_ace_step_model(model_id):  # --- ACE-STEP: songs with lyrics, repaint, covers, stems ---
+            from generation.ace_step import AceStepBackend
+
+            return AceStepBackend.load(model_id, device=self.device, dtype=self.dtype, compile=self.compile,
+                                       cpu_offload=self.cpu_offload)
         if is_stable_audio(model_id):  # --- STABLE AUDIO: a diffusers pipeline, not a transformers checkpoint ---
             from generation.stable_audio import StableAudioBackend
 
@@ -118,6 +125,13 @@ def is_stable_audio(model_id: str) -> bool:
     return not os.path.isdir(model_id) and "stable-audio" in model_id.lower()
 
 
+def is_ace_step_model(model_id: str) -> bool:
+    """An AceStepPipeline folder or hub repo (or a hub id naming acestep / ace-step whose index cannot be read)."""
+    from generation.ace_step_facts import is_ace_step
+
+    return is_ace_step(pipeline_class(model_id), model_id)
+
+
 # --- what a model can do, known without loading it (for refusing early, batching, /help and doctor) ------------
 
 MUSICGEN_LICENSE = "CC-BY-NC 4.0 (weights), MIT (code)"
@@ -129,6 +143,7 @@ class Family(str, Enum):
     MUSICGEN = "musicgen"
     MUSICGEN_MELODY = "musicgen-melody"
     STABLE_AUDIO = "stable-audio"
+    ACE_STEP = "ace-step"
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,13 @@ class ModelInfo:
     default_steps: int | None = None
     # Variations (and more like this) of a track start from its audio (audio-to-audio) at this strength.
     variation_strength: float | None = None
+    # --- ACE-STEP abilities (generation/ace_step.py); other families have none of them ---
+    lyrics: bool = False  # sings the words of a song
+    repaint: bool = False  # makes a range of its own track anew (a thread reply "redo the bridge")
+    cover: bool = False  # remakes any audio in another style
+    stems: tuple[str, ...] = ()  # splits any audio into these stems
+    max_duration_s: float | None = None  # the longest piece one call can make (None: the bot's limit decides)
+    one_duration_per_call: bool = False  # every row of a call has the same length (the pipeline takes one)
 
     @property
     def diffusion(self) -> bool:
@@ -155,8 +177,12 @@ class ModelInfo:
             return int(spec.steps or self.default_steps)
         return tokens_for(seconds)
 
-    def batch_key(self, spec: JobSpec, has_input_audio: bool) -> tuple:
+    def batch_key(self, spec: JobSpec, has_input_audio: bool, duration_s: float | None = None) -> tuple:
         """What must match, beyond model, kind and sampling, for two jobs to share one model call."""
+        if self.one_duration_per_call:  # ACE-Step: one duration, metadata, task range and reference per call
+            return (None if duration_s is None else round(duration_s, 3), spec.steps, spec.bpm,
+                    (spec.key or "").lower(), spec.repaint, spec.cover_strength, spec.reference_audio,
+                    has_input_audio)
         if not self.diffusion:
             return ()
         return spec.steps, spec.strength, spec.negative_prompt, has_input_audio
@@ -164,12 +190,16 @@ class ModelInfo:
     @property
     def any_duration_batches(self) -> bool:
         """Every diffusion call denoises the model's whole window and crops after: durations need not match."""
-        return self.diffusion
+        return self.diffusion and not self.one_duration_per_call
 
 
 @functools.lru_cache(maxsize=64)
 def model_info(model_id: str) -> ModelInfo:
     """The family of a model id (hub id or folder) from its config files; MusicGen when they cannot be read."""
+    if is_ace_step_model(model_id):
+        from generation.ace_step_facts import ace_step_info
+
+        return ace_step_info(model_id)
     if is_stable_audio(model_id):
         return ModelInfo(model_id, Family.STABLE_AUDIO, STABLE_AUDIO_LICENSE, supports_continuation=False,
                          default_guidance=7.0, default_steps=STABLE_AUDIO_DEFAULT_STEPS, variation_strength=0.5)

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from generation import __version__, chain
 from generation.backend import Backend
+from generation.ace_jobs import ACE_KINDS, ace_generate, runs_ace, track_details
 from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track, write_wav_float
@@ -105,6 +106,9 @@ class JobRunner:
         if jobs[0].kind in (JobKind.CONTINUE, JobKind.SONG) and not backend.supports_continuation and refusal:
             # --- STABLE AUDIO: a family that cannot continue audio says so, and what to do, in the user's terms ---
             raise ContinuationError(refusal)
+        if runs_ace(backend) and jobs[0].kind in ACE_KINDS:  # --- ACE-STEP: songs, repaint, cover, stems ---
+            return ace_generate(backend, jobs, lambda rel: load_master(self.media.absolute(rel), backend.sample_rate),
+                                progress, should_stop)
         if jobs[0].kind is JobKind.CONTINUE:
             if len(jobs) != 1:
                 raise ValueError("continuation jobs run one at a time")
@@ -209,13 +213,19 @@ class JobRunner:
                                       for s in spans]
                 params["chorus"] = job.spec.chorus.value
                 sections = [(s.start_s, s.label) for s in spans]
+            title = None
+            if job.kind in ACE_KINDS and runs_ace(backend):  # --- ACE-STEP: lyrics, chapters, range, stem ---
+                extra, chapters, title = track_details(job, i, audio)
+                params.update(extra)
+                sections = sections or chapters
             provenance = Provenance(
                 track_id=track_id, prompt=job.prompt, seed=job.seed + i, model_id=job.model,
-                model_license=backend.license, params=params, software=f"bandmate {__version__}",
+                model_license=backend.license, params={k: v for k, v in params.items() if k != "lyrics"},
+                software=f"bandmate {__version__}",
             )
             mp3_rel = self.media.path_for(track_id, "mp3")
             out_dir = self.media.absolute(mp3_rel).parent
-            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections)
+            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections, title=title)
             tracks.append(TrackRecord(
                 id=track_id, job_id=job.id, variation=i, prompt=job.prompt, seed=job.seed + i, model=job.model,
                 duration_s=rendered.duration_s, params=params, mp3=mp3_rel,

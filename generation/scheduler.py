@@ -47,8 +47,8 @@ def batch_compatible(head: Job, other: Job, durations: list[float], padding_wast
     if head.kind in (JobKind.CONTINUE, JobKind.SONG):  # windowed, one piece per model thread
         return False
     info = info_for(head.model)  # same model id, same family
-    if info.batch_key(other.spec, other.input_audio is not None) != info.batch_key(head.spec,
-                                                                                  head.input_audio is not None):
+    if info.batch_key(other.spec, other.input_audio is not None, other.duration_s) != info.batch_key(
+            head.spec, head.input_audio is not None, head.duration_s):
         return False
     if info.any_duration_batches:
         return True

@@ -49,6 +49,15 @@ class JobSpec:
     melody_model: str | None = None
     chain: ChainPlan | None = None
     window: WindowRef | None = None
+    # --- ACE-STEP: a song's words and metadata, a repaint's range, a cover's strength, a reference, stems ---
+    lyrics: str | None = None  # Suno-style [verse]/[chorus] tags; "" or None: an instrumental
+    language: str | None = None  # the sung language ("en")
+    bpm: int | None = None
+    key: str | None = None  # "C major", "F# minor"
+    repaint: tuple[float, float] | None = None  # (start_s, end_s) of the parent track made anew
+    cover_strength: float | None = None  # 1 keeps the source's structure most, 0 is a new song
+    reference_audio: str | None = None  # a stored upload whose sound the result takes ("sound like this")
+    stems: tuple[str, ...] = ()  # the stems to split the input audio into
     not_before: float | None = None  # epoch seconds: the job starts no earlier (its user's rate limit)
     manifest_prompt: bool = True  # the prompt may go into the file's Content Credentials (the server's setting)
     watermark: int | None = None  # the 16-bit watermark message to embed (BANDMATE_WATERMARK); None: none
@@ -59,6 +68,14 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        for name in ("lyrics", "language", "bpm", "key", "cover_strength", "reference_audio"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.repaint is not None:
+            out["repaint_start_s"], out["repaint_end_s"] = self.repaint
+        if self.stems:
+            out["stems"] = list(self.stems)
         if self.blended:
             out["blended"] = list(self.blended)
         if self.sections:
@@ -89,6 +106,18 @@ class JobSpec:
         spec.strength = _number(data.get("strength"))
         spec.negative_prompt = _string(data.get("negative_prompt"))
         spec.melody_model = _string(data.get("melody_model"))
+        spec.lyrics = data.get("lyrics") if isinstance(data.get("lyrics"), str) else None
+        spec.language = _string(data.get("language"))
+        bpm = _number(data.get("bpm"))
+        spec.bpm = int(bpm) if bpm is not None else None
+        spec.key = _string(data.get("key"))
+        spec.cover_strength = _number(data.get("cover_strength"))
+        spec.reference_audio = _string(data.get("reference_audio"))
+        start, end = _number(data.get("repaint_start_s")), _number(data.get("repaint_end_s"))
+        spec.repaint = (start, end) if start is not None and end is not None else None
+        stems = data.get("stems")
+        if isinstance(stems, (list, tuple)):
+            spec.stems = tuple(str(s) for s in stems)
         spec.not_before = _number(data.get("not_before"))
         blended = data.get("blended")
         if isinstance(blended, (list, tuple)):
@@ -112,6 +141,10 @@ class JobSpec:
         mark = data.get("watermark")
         spec.watermark = mark if isinstance(mark, int) and not isinstance(mark, bool) and 0 <= mark < 2**16 else None
         return spec
+
+    def uploads(self) -> list[str]:
+        """Audio a person uploaded that this spec names (a reference): their data, removed when they are forgotten."""
+        return [self.reference_audio] if self.reference_audio else []
 
     def files(self) -> list[str]:
         """Intermediate audio this job's spec names (a chain's window outputs): what privacy and backups skip."""

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import sqlite_utils
 
 from generation.spec import JobSpec
+from storage.song_privacy import erase_song_words
 from storage.database import Database
 from storage.files import FileStore
 
@@ -326,6 +327,7 @@ class PrivacyStore:
             if job_ids:
                 for (spec_text,) in ex(f"SELECT spec FROM jobs WHERE id IN ({marks})", job_ids).fetchall():
                     files.extend(JobSpec.from_dict(_json_obj(spec_text)).files())
+                files.extend(erase_song_words(db, job_ids, track_ids))  # lyrics and reference uploads
 
             # After the tracks changed: an upload is removed unless a live track (anyone's) still uses the file.
             uploads = _orphan_uploads(db, job_ids)

@@ -119,6 +119,12 @@ class ButtonActions:
                 return
             await interaction.response.edit_message(view=build_view(voted.message.buttons))
             return
+        if kind is ButtonKind.STEMS:  # 🎚 ACE-Step splits the track (any model's) into stems
+            async def stems(request: Request) -> Plan:
+                return await self.core.plan_stems(request, track_id=track_id)
+
+            await self.jobs.start(interaction, stems)
+            return
         operation = self._OPERATIONS[kind]
         seconds = 10.0 if operation is Operation.EXTEND else None
 

@@ -14,11 +14,12 @@ STYLES = {
     ButtonKind.VARIATIONS: discord.ButtonStyle.secondary,
     ButtonKind.EXTEND: discord.ButtonStyle.secondary,
     ButtonKind.MORE_LIKE: discord.ButtonStyle.success,
+    ButtonKind.STEMS: discord.ButtonStyle.secondary,
 }
 
 
 class TrackButton(discord.ui.DynamicItem[discord.ui.Button],
-                  template=r"bandmate:(?P<kind>vote|var|ext|like):(?P<track>[A-Za-z0-9]{1,64})"):
+                  template=r"bandmate:(?P<kind>vote|var|ext|like|stems):(?P<track>[A-Za-z0-9]{1,64})"):
     def __init__(self, kind: ButtonKind, track_id: str, *, label: str | None = None, emoji: str | None = None,
                  row: int | None = None) -> None:
         super().__init__(discord.ui.Button(style=STYLES[kind], label=label, emoji=emoji, row=row,

@@ -22,6 +22,7 @@ from bot.discord.cogs.conversation import ConversationCog
 from bot.discord.cogs.privacy import PrivacyCog
 from bot.discord.cogs.settings import SettingsCog
 from bot.discord.cogs.verify import VerifyCog
+from bot.discord.cogs.vocals import VocalsCog
 from bot.discord.delivery import DiscordTransport, Messenger
 from bot.discord.status import StatusUpdater
 from bot.discord.render import NO_PINGS
@@ -69,6 +70,7 @@ class BandmateBot(commands.Bot):
         await self.add_cog(CollabCog(self, self.jobs))
         if self.core.credentials is not None:
             await self.add_cog(VerifyCog(self, self.core))
+        await self.add_cog(VocalsCog(self, self.jobs))
         if self.core.presets is not None and self.core.server_settings is not None:
             await self.add_cog(SettingsCog(self, self.core.presets, self.core.server_settings))
         if self.core.privacy is not None:

@@ -166,13 +166,13 @@ class DiscordTransport:
             fitted.close()
         log.info("posted job %s as message %s", job.id, first.id)
         await self.core.record_posted(job.id, f"discord:message:{first.id}")
-        await self._open_thread(job, first, message.thread_name or "bandmate")
+        await self._open_thread(job, first, message.thread_name or "bandmate", message.thread_text)
         if d.status_message_id:  # last, so the status's final word is "delivered", with a link to the result
             channel_id = str(getattr(first.channel, "id", None) or d.channel_id)
             await self.status.finish(job, self.core.delivered_status(job, d.guild_id, channel_id, str(first.id)))
         log.info("delivered job %s", job.id)
 
-    async def _open_thread(self, job: Job, message: discord.Message, name: str) -> None:
+    async def _open_thread(self, job: Job, message: discord.Message, name: str, intro: str | None = None) -> None:
         """A thread on the result to carry on in; where none can be made, replies to the message do the same."""
         channel = self.bot.get_channel(int(DiscordDelivery.of(job).channel_id))
         if isinstance(channel, discord.Thread):
@@ -191,7 +191,7 @@ class DiscordTransport:
             log.info("could not create a thread for job %s: %s", job.id, error)
             return
         await self.core.record_posted(job.id, f"discord:thread:{thread.id}")  # before anyone is invited to reply
-        await thread.send(render(THREAD_INVITE), allowed_mentions=NO_PINGS)
+        await thread.send(render(intro or THREAD_INVITE), allowed_mentions=NO_PINGS)
 
     async def announce_winner(self, job: Job, message: OutgoingMessage, refs: list[str]) -> None:
         for ref in refs:
