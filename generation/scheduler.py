@@ -22,6 +22,8 @@ from typing import Awaitable, Callable, Protocol
 from generation import chain
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.events import EventKind, JobEvent
+from generation.handover import Handover
+from generation.notices import TAKEN_OVER_NOTE, TAKEN_OVER_TEXT, ExecutorNotice, NoticeKind
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
 from generation.models import ModelInfo, model_info
 from generation.types import Progress
@@ -139,6 +141,10 @@ class Scheduler:
         self._step_s: float | None = None  # measured seconds per model step (EMA)
         if hasattr(executor, "on_capacity"):
             executor.on_capacity = self._wake_threadsafe
+        # An executor that reports when a job really starts (remote workers) and the faults it sees meanwhile.
+        self.handover = Handover(bool(getattr(executor, "reports_start", False)))
+        if hasattr(executor, "on_notice"):
+            executor.on_notice = self._on_notice
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -277,7 +283,10 @@ class Scheduler:
 
     def position(self, job_id: str) -> int | None:
         job_id = self._held.get(job_id, job_id)
-        for i, job in enumerate(self._fair_order(), start=1):
+        waiting = self.handover.waiting()  # handed to the workers but not started: first in line
+        if job_id in waiting:
+            return waiting.index(job_id) + 1
+        for i, job in enumerate(self._fair_order(), start=1 + len(waiting)):
             if job.id == job_id:
                 return i
         return None
@@ -293,16 +302,20 @@ class Scheduler:
             current = self.eta(helper_id)
             done = chain.next_window(owner)
             return None if current is None else current + sum(steps[done:]) * self._step_s
-        running = max((b.total - b.step for b in self._batches), default=0) * self._step_s
-        for batch in self._batches:
+        started = [b for b in self._batches if not any(self.handover.is_waiting(j.id) for j in b.jobs)]
+        running = max((b.total - b.step for b in started), default=0) * self._step_s
+        for batch in started:
             if any(j.id == job_id for j in batch.jobs):
                 return (batch.total - batch.step) * self._step_s
+        handed = {j.id: j for j in self.running_jobs()}
+        line = [handed[i] for i in self.handover.waiting() if i in handed] + self._fair_order()
+        lanes = max(1, int(getattr(self.executor, "live_workers", 1) or 1)) if self.handover.reports_start else 1
         ahead = 0.0
-        for job in self._fair_order():
+        for job in line:
             share = min(1.0, job.rows / max(1, self.config.max_batch))
             ahead += job_steps(job, self.model_info) * self._step_s * share
             if job.id == job_id:
-                return running + ahead
+                return running + ahead / lanes
         return None
 
     # -- queue internals ----------------------------------------------------------------------------------
@@ -390,6 +403,9 @@ class Scheduler:
         log.info("batch of %d jobs (%d sequences, %d steps): %s", len(jobs), sum(j.rows for j in jobs), batch.total,
                  " ".join(j.id for j in jobs))
         for job in jobs:
+            if self.handover.reports_start:  # it waits in line at the workers until one says it started
+                self.handover.handed(job.id)
+                continue
             self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
                                 eta_s=self.eta(job.id), message=f"batch of {len(jobs)}"))
         self._spawn(self._run_batch(batch))
@@ -421,7 +437,7 @@ class Scheduler:
         batch.last_event = now
         for job in batch.jobs:
             self._emit(JobEvent(EventKind.PROGRESS, job.id, job.user_id, step=p.step, total=p.total,
-                                eta_s=(p.total - p.step) * (self._step_s or 0.0)))
+                                eta_s=(p.total - p.step) * (self._step_s or 0.0), message=self.handover.note(job.id)))
 
     async def _run_batch(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
@@ -452,6 +468,8 @@ class Scheduler:
             await asyncio.gather(*(self._finish(job, results.get(job.id, [])) for job in batch.jobs))
         finally:
             self._batches.remove(batch)
+            for job in batch.jobs:
+                self.handover.forget(job.id)
             self._wake.set()
 
     async def _stopped(self, batch: _Batch) -> None:
@@ -703,5 +721,46 @@ class Scheduler:
         return event
 
     def _emit_positions(self) -> None:
-        for i, job in enumerate(self._fair_order(), start=1):
-            self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id)))
+        handed = {j.id: j for j in self.running_jobs()}
+        line = [handed[i] for i in self.handover.waiting() if i in handed] + self._fair_order()
+        for i, job in enumerate(line, start=1):
+            self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id),
+                                message=self.handover.note(job.id)))
+
+    # -- what the executor reports (generation/notices.py) ------------------------------------------------------
+
+    def _on_notice(self, notice: ExecutorNotice) -> None:
+        """A job started at a worker, was taken over, or the queue server went away or came back: say so."""
+        if notice.kind is NoticeKind.STARTED:
+            for job_id in notice.job_ids:
+                if self.handover.started(job_id):
+                    batch = self._batch_of(job_id)
+                    job = next(j for j in batch.jobs if j.id == job_id) if batch else None
+                    if job is not None:
+                        self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
+                                            eta_s=self.eta(job.id), message=self.handover.note(job.id)))
+            self._emit_positions()
+        elif notice.kind is NoticeKind.TAKEN_OVER:
+            for job_id in notice.job_ids:
+                batch = self._batch_of(job_id)
+                if batch is None:
+                    continue
+                self.handover.started(job_id)
+                self.handover.notes[job_id] = TAKEN_OVER_NOTE
+                batch.step = 0
+                job = next(j for j in batch.jobs if j.id == job_id)
+                self._emit(JobEvent(EventKind.NOTICE, job.id, job.user_id, step=0, total=batch.total,
+                                    eta_s=self.eta(job.id), message=TAKEN_OVER_TEXT))
+        elif notice.kind in (NoticeKind.OUTAGE, NoticeKind.RECOVERED):
+            self.handover.outage = notice.kind is NoticeKind.OUTAGE
+            for batch in self._batches:
+                for job in batch.jobs:
+                    if self.handover.is_waiting(job.id):
+                        continue  # its line position follows, with the note
+                    kind = EventKind.NOTICE if self.handover.outage else EventKind.PROGRESS
+                    self._emit(JobEvent(kind, job.id, job.user_id, step=batch.step, total=batch.total,
+                                        eta_s=self.eta(job.id), message=self.handover.note(job.id)))
+            self._emit_positions()
+
+    def _batch_of(self, job_id: str) -> _Batch | None:
+        return next((b for b in self._batches if any(j.id == job_id for j in b.jobs)), None)
