@@ -67,12 +67,12 @@ def discord(settings: Settings) -> int:
 
 
 def worker(settings: Settings) -> int:
-    from generation.remote import run_worker
-
     if not settings.redis_url:
         print("error: BANDMATE_REDIS_URL is not set; a worker takes its jobs from Redis.", file=sys.stderr)
         return 2
-    return asyncio.run(run_worker(settings, build_models(settings)))
+    from app.observability import run_observed_worker
+
+    return asyncio.run(run_observed_worker(settings, build_models(settings)))
 
 
 # -- one-shot jobs through the queue --------------------------------------------------------------------------
@@ -259,4 +259,22 @@ def restore(settings: Settings, path: str) -> int:
 
     restore_backup(Path(path), settings.data_dir)
     print(f"restored {path} into {settings.data_dir}")
+    return 0
+
+
+def status(settings: Settings) -> int:
+    """Queued and running jobs per user and model, and the oldest waiting one, from the database."""
+    from app.status_report import status_report
+    from storage.database import Database
+    from storage.jobstore import SqliteJobStore
+
+    if not settings.db_path.exists():
+        print(f"no database at {settings.db_path} (BANDMATE_DATA): nothing has been queued yet", file=sys.stderr)
+        return 1
+    db = Database(settings.db_path)
+    try:
+        jobs = asyncio.run(SqliteJobStore(db).unfinished_jobs())
+    finally:
+        db.close()
+    print(status_report(jobs))
     return 0

@@ -53,6 +53,22 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _address(env: Mapping[str, str], name: str) -> str | None:
+    """host:port (":9464" listens on 127.0.0.1), or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name} must be host:port, for example 127.0.0.1:9464, got {raw!r}")
+    return f"{host.strip('[]') or '127.0.0.1'}:{int(port)}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")
@@ -81,6 +97,7 @@ class Settings:
     redis_heartbeat_s: float = 10.0
     redis_max_deliveries: int = 3
     log_level: str = "INFO"
+    metrics_addr: str | None = None  # host:port of /metrics, /healthz, /readyz; None: off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -118,6 +135,7 @@ class Settings:
             redis_heartbeat_s=_float(env, "BANDMATE_REDIS_HEARTBEAT_S", 10.0, 0.01, 3600.0),
             redis_max_deliveries=_int(env, "BANDMATE_REDIS_MAX_DELIVERIES", 3, 1, 100),
             log_level=_choice(env, "BANDMATE_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+            metrics_addr=_address(env, "BANDMATE_METRICS_ADDR"),
         )
 
     @property

@@ -23,6 +23,7 @@ from bot.text import user
 from bot.upload_fit import fit_files
 from bot.words import human_seconds, short
 from generation.events import EventKind, JobEvent
+from bot.transport_signals import TransportSignals
 from generation.jobs import Job, JobState, Operation, TrackRecord
 
 __all__ = ["Bandmate", "ComposeOptions", "CoreConfig", "Refusal", "ReplyOutcome", "Request", "Requester",
@@ -108,6 +109,7 @@ class Bandmate:
         self.clock = clock
         self._transports: dict[str, Transport] = {}
         self._unlisten: list[Callable[[], None]] = []
+        self.signals = TransportSignals()  # connected? rate limited? for the operator's view (app/metrics.py)
 
     # -- transports ---------------------------------------------------------------------------------------
 

@@ -143,6 +143,10 @@ class Scheduler:
             executor.on_capacity = self._wake_threadsafe
         # An executor that reports when a job really starts (remote workers) and the faults it sees meanwhile.
         self.handover = Handover(bool(getattr(executor, "reports_start", False)))
+        # Operators' hooks (app/metrics.py): a batch's progress (its jobs, on the event loop), and each delivery's
+        # outcome ("delivered", "retried" or "failed").
+        self.on_batch_progress: Callable[[list[Job], Progress], None] = lambda jobs, progress: None
+        self.on_delivery: Callable[[Job, str], None] = lambda job, outcome: None
         if hasattr(executor, "on_notice"):
             executor.on_notice = self._on_notice
 
@@ -427,6 +431,7 @@ class Scheduler:
 
     def _on_progress(self, batch: _Batch, p: Progress) -> None:
         batch.step, batch.total = p.step, p.total
+        self._observe(self.on_batch_progress, batch.jobs, p)
         if p.step > 2 and p.elapsed_s > 0:
             # Skip the first steps (prefill, warm-up) when measuring the model's speed.
             rate = p.elapsed_s / p.step
@@ -675,11 +680,22 @@ class Scheduler:
                 await sink.deliver(job, tracks)
             except Exception:  # noqa: BLE001 - retried; the row stays SENDING so a restart resends
                 log.exception("delivery of job %s failed (attempt %d)", job.id, attempt)
-                await asyncio.sleep(self.config.delivery_retry_s * attempt)
+                last = attempt == self.config.delivery_retries
+                self._observe(self.on_delivery, job, "failed" if last else "retried")
+                if not last:
+                    await asyncio.sleep(self.config.delivery_retry_s * attempt)
                 continue
             await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)
             job.delivery_state = DeliveryState.DELIVERED
+            self._observe(self.on_delivery, job, "delivered")
             return
+
+    @staticmethod
+    def _observe(hook: Callable, *args) -> None:
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001 - an operator's hook must never stop the queue
+            log.exception("scheduler hook failed")
 
     # -- events -------------------------------------------------------------------------------------------
 

@@ -131,6 +131,11 @@ class RedisExecutor:
     def window(self) -> int:
         return self.window_per_worker * max(1, self.live_workers)
 
+    @property
+    def connected(self) -> bool:
+        """Connected to Redis and reconciled (the bot's readiness with remote workers)."""
+        return self._ready.is_set()
+
     def has_capacity(self) -> bool:
         self._ensure_started()
         return self._ready.is_set() and len(self._inflight) < self.window

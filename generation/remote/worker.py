@@ -129,6 +129,10 @@ class Worker:
         self._published: OrderedDict[str, bytes] = OrderedDict()  # job id -> its result entry, the latest 1000
         self.batches_run = 0
         self._connection_errors = 0  # in a row, in the main loop
+        self.ready = False  # its model is loaded and it takes jobs (the readiness endpoint reads it)
+        # The operator's hook (app/metrics.py): each progress report (model id, batch's first job id, progress).
+        self.on_progress: Callable[[str, str, Progress], None] = lambda model, batch, progress: None
+        self._batch_model = settings.model
 
     def stop(self) -> None:
         """Finish the batch being generated, then exit; entries not started stay in Redis for others."""
@@ -143,6 +147,7 @@ class Worker:
             log.info("worker %s loading %s", self.name, self.settings.model)
             await self._loop.run_in_executor(self._model_thread, self.models.get, self.settings.model)
             heartbeat = asyncio.create_task(self._heartbeat(), name="bandmate-worker-heartbeat")
+            self.ready = True
             log.info("worker %s ready (batches of up to %d rows)", self.name, self.max_batch)
             while not self._stopping.is_set():
                 try:
@@ -177,6 +182,7 @@ class Worker:
                     log.exception("worker %s: unexpected error", self.name)
                     await self._pause(1.0)
         finally:
+            self.ready = False
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -380,6 +386,7 @@ class Worker:
         split = False
         watcher = asyncio.create_task(self._watch_cancels(tasks, cancelled))
         started = time.monotonic()
+        self._batch_model = jobs[0].model
         log.info("worker %s: batch of %d (%s)", self.name, len(jobs), ", ".join(j.id for j in jobs))
         try:
             for task in tasks:  # continuation input: from the entry's bytes to a scratch file the runner reads
@@ -500,6 +507,10 @@ class Worker:
         return report
 
     def _queue_progress(self, job_ids: list[str], progress: Progress) -> None:
+        try:
+            self.on_progress(self._batch_model, job_ids[0], progress)
+        except Exception:  # noqa: BLE001 - figures must never stop a batch
+            log.exception("progress hook failed")
         self._progress_latest = (job_ids, progress)
         if self._progress_task is None or self._progress_task.done():
             self._progress_task = asyncio.create_task(self._send_progress())
@@ -583,11 +594,15 @@ def plan_batches(tasks: list[_Task], max_batch: int) -> list[list[_Task]]:
     return batches
 
 
-async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None) -> int:
-    """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first)."""
+async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None, *,
+                     observe: Callable[[Worker], None] | None = None) -> int:
+    """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first).
+    observe: called with the worker before it starts (the wiring attaches its metrics)."""
     import signal
 
     worker = Worker(settings, models=models)
+    if observe is not None:
+        observe(worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
