@@ -191,6 +191,17 @@ class BotMetrics:
                 for name in self.histograms}
 
 
+    def summary(self) -> str:
+        """p50/p95 of each latency this run, for the log at shutdown."""
+        parts = []
+        for name, (p50, p95) in self.percentiles().items():
+            label = name.removeprefix("bandmate_job_").removesuffix("_seconds").replace("_to_", "→")
+            count = len(self.latencies.samples.get(name, ()))
+            parts.append(f"{label} p50 {p50:.2f} s p95 {p95:.2f} s (n={count})" if p50 is not None
+                         else f"{label} (none)")
+        return "; ".join(parts)
+
+
 class _WorkerCollector(Collector):
     def __init__(self, worker) -> None:
         self.worker = worker

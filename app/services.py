@@ -134,6 +134,7 @@ class Application:
         await self.scheduler.stop(grace_s)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+            log.info("latencies this run: %s", self.metrics.summary())
         self.db.close()
 
     async def __aenter__(self) -> "Application":

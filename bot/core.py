@@ -273,6 +273,11 @@ class Bandmate:
         for job in running:
             shown = self.scheduler.request_id(job.id)  # a long extend's window shows as the extend itself
             eta = self.scheduler.eta(shown)
+            place = self.scheduler.position(shown)  # handed to the Redis workers, but none has started it yet
+            if place is not None:
+                lines.append(f"⏳ `{shown}` {user(short(job.prompt, 50))} — #{place} in line"
+                             + (f", ready in about {human_seconds(eta)}" if eta else ""))
+                continue
             lines.append(f"▶ `{shown}` {user(short(job.prompt, 50))} — being made"
                          + (f", about {human_seconds(eta)} left" if eta else ""))
         for job in queued:

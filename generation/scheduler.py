@@ -180,6 +180,8 @@ class Scheduler:
         self._wake.set()
         for batch in self._batches:
             for job in batch.jobs:
+                if job.state.finished:  # made and being delivered: its last status stays true
+                    continue
                 self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id,
                                     message="The bot is restarting; your piece is finishing first."))
         for queue in self._queued.values():
