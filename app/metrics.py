@@ -220,7 +220,7 @@ class _WorkerCollector(Collector):
 def observe_worker(registry: CollectorRegistry, worker) -> Readiness:
     """A Redis worker's figures: its model steps and memory, what it holds; ready once its model is loaded."""
     engine = EngineMetrics(registry, worker.models.loaded)
-    worker.on_progress = engine.observe_progress
+    worker.on_progress = lambda model, batch, progress: engine.observe_progress(model, progress, batch)
     registry.register(_WorkerCollector(worker))
     readiness = Readiness()
     readiness.require("model", lambda: worker.ready)
