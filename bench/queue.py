@@ -43,7 +43,7 @@ def _load_generate_bench():
 
 
 random_backend = _load_generate_bench().random_backend
-from generation.jobs import Job  # noqa: E402
+from generation.jobs import DeliveryAddress, Job  # noqa: E402
 from generation.runner import JobRunner  # noqa: E402
 from generation.local_executor import LocalExecutor
 from generation.scheduler import Scheduler, SchedulerConfig  # noqa: E402
@@ -91,7 +91,7 @@ async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: 
             if gap_s and i:
                 await asyncio.sleep(gap_s)
             job = Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
-                      seed=i, delivery={"sink": "bench"})
+                      seed=i, delivery=DeliveryAddress("bench"))
             timings.submitted[job.id] = time.perf_counter()
             await scheduler.submit(job)
         await timings.done.wait()

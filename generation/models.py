@@ -55,8 +55,10 @@ class ModelRegistry:
 
     def _load(self, model_id: str) -> Backend:
         # First, before torch and transformers are even imported (seconds): a model that must come from a hub that
-        # cannot be reached fails here, in one line, instead of after minutes of download retries.
-        hub_load_options(model_id, setting=self.setting_for(model_id))
+        # cannot be reached fails here, in one line, instead of after minutes of download retries. (Stable Audio's
+        # loader makes the same check itself, adding what its gated licence needs.)
+        if not is_stable_audio(model_id):
+            hub_load_options(model_id, setting=self.setting_for(model_id))
         if self.threads:
             import torch
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from generation import chain
+from generation.chain_runs import ChainRuns
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.events import EventKind, JobEvent
 from generation.handover import Handover
-from generation.notices import TAKEN_OVER_NOTE, TAKEN_OVER_TEXT, ExecutorNotice, NoticeKind
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
 from generation.models import ModelInfo, model_info
 from generation.types import Progress
@@ -124,10 +124,7 @@ class Scheduler:
         self.executor = executor
         self.config = config
         self.remove_files = remove_files
-        self._owners: dict[str, Job] = {}  # chains' owners, from submission until they finish
-        self._held: dict[str, str] = {}  # owner id -> id of the helper window it waits for
-        self._helper_owner: dict[str, str] = {}  # helper window id -> owner id
-        self._chain_cancel: set[str] = set()  # owners cancelled by their user: no further window starts
+        self._chains = ChainRuns(self)  # long continuations as chains of window jobs
         self._queued: dict[str, deque[Job]] = {}
         self._rotation: deque[str] = deque()
         self._batches: list[_Batch] = []
@@ -142,20 +139,20 @@ class Scheduler:
         if hasattr(executor, "on_capacity"):
             executor.on_capacity = self._wake_threadsafe
         # An executor that reports when a job really starts (remote workers) and the faults it sees meanwhile.
-        self.handover = Handover(bool(getattr(executor, "reports_start", False)))
+        self.handover = Handover(self, bool(getattr(executor, "reports_start", False)))
         # Operators' hooks (app/metrics.py): a batch's progress (its jobs, on the event loop), and each delivery's
         # outcome ("delivered", "retried" or "failed").
         self.on_batch_progress: Callable[[list[Job], Progress], None] = lambda jobs, progress: None
         self.on_delivery: Callable[[Job, str], None] = lambda job, outcome: None
         if hasattr(executor, "on_notice"):
-            executor.on_notice = self._on_notice
+            executor.on_notice = self.handover.relay
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Resume what a crash or restart left: queued and running jobs run (again); results are delivered."""
         self._loop = asyncio.get_running_loop()
-        known = {j.id for q in self._queued.values() for j in q} | set(self._owners)
+        known = {j.id for q in self._queued.values() for j in q} | set(self._chains.owners)
         owners: list[Job] = []
         for job in await self.store.unfinished_jobs():
             if job.id in known:
@@ -168,7 +165,7 @@ class Scheduler:
             else:
                 self._enqueue(job)
         for owner in owners:  # after the helpers, which the loop above queued again
-            await self._advance_chain(owner)
+            await self._chains.advance(owner)
         if self.depth:
             log.info("resumed %d unfinished jobs", self.depth)
         self._loop_task = asyncio.create_task(self._run(), name="bandmate-scheduler")
@@ -246,7 +243,7 @@ class Scheduler:
         if stored.id != job.id:  # same idempotency key: the job already exists
             return stored
         if chain.is_owner(stored):
-            await self._advance_chain(stored)
+            await self._chains.advance(stored)
             total = chain.chain_steps(stored)[1]
         else:
             self._enqueue(stored)
@@ -259,10 +256,10 @@ class Scheduler:
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job. Returns False when it had already finished (or is unknown)."""
-        chained = job_id in self._owners
+        chained = job_id in self._chains.owners
         if chained:  # whichever window it is at, even between two, the chain goes no further
-            self._chain_cancel.add(job_id)
-        job_id = self._held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
+            self._chains.cancelled.add(job_id)
+        job_id = self._chains.held.get(job_id, job_id)  # a chain waiting for a helper window: cancel that window
         for user, queue in self._queued.items():
             for job in queue:
                 if job.id == job_id:
@@ -285,10 +282,10 @@ class Scheduler:
 
     def request_id(self, job_id: str) -> str:
         """The user's own job that `job_id` works for: a chain's owner for its helper windows, else itself."""
-        return self._helper_owner.get(job_id, job_id)
+        return self._chains.request_id(job_id)
 
     def position(self, job_id: str) -> int | None:
-        job_id = self._held.get(job_id, job_id)
+        job_id = self._chains.held.get(job_id, job_id)
         waiting = self.handover.waiting()  # handed to the workers but not started: first in line
         if job_id in waiting:
             return waiting.index(job_id) + 1
@@ -301,9 +298,9 @@ class Scheduler:
         """Seconds until the job is done, from the measured speed of the model (None until measured)."""
         if self._step_s is None:
             return None
-        if job_id in self._held:  # a chain: its current helper window, then the windows after it
-            helper_id = self._held[job_id]
-            owner = self._owners[job_id]
+        if job_id in self._chains.held:  # a chain: its current helper window, then the windows after it
+            helper_id = self._chains.held[job_id]
+            owner = self._chains.owners[job_id]
             steps, _ = chain.chain_steps(owner)
             current = self.eta(helper_id)
             done = chain.next_window(owner)
@@ -313,8 +310,7 @@ class Scheduler:
         for batch in started:
             if any(j.id == job_id for j in batch.jobs):
                 return (batch.total - batch.step) * self._step_s
-        handed = {j.id: j for j in self.running_jobs()}
-        line = [handed[i] for i in self.handover.waiting() if i in handed] + self._fair_order()
+        line = self.handover.line()
         lanes = max(1, int(getattr(self.executor, "live_workers", 1) or 1)) if self.handover.reports_start else 1
         ahead = 0.0
         for job in line:
@@ -444,7 +440,8 @@ class Scheduler:
         batch.last_event = now
         for job in batch.jobs:
             self._emit(JobEvent(EventKind.PROGRESS, job.id, job.user_id, step=p.step, total=p.total,
-                                eta_s=(p.total - p.step) * (self._step_s or 0.0), message=self.handover.note(job.id)))
+                                eta_s=(p.total - p.step) * (self._step_s or 0.0),
+                                message=self.handover.note(job.id)))
 
     async def _run_batch(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
@@ -538,11 +535,11 @@ class Scheduler:
         job.finished_at = time.time()
         job.error = None
         if chain.owner_of(job):
-            await self._helper_done(job, tracks)
+            await self._chains.helper_done(job, tracks)
             return
         await self.store.complete_job(job, tracks)
         self._emit(JobEvent(EventKind.DONE, job.id, job.user_id, step=1, total=1))
-        await self._end_chain(job)
+        await self._chains.end(job)
         await self._deliver(job, tracks)
 
     async def _mark_cancelled(self, job: Job) -> None:
@@ -552,10 +549,10 @@ class Scheduler:
         job.error = "Cancelled."
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.CANCELLED, job.id, job.user_id, message=job.error))
-        owner = self._owner_waiting_on(job)
+        owner = self._chains.owner_waiting_on(job)
         if owner is not None:  # a helper window: its chain ends with it
             await self._mark_cancelled(owner)
-        await self._end_chain(job)
+        await self._chains.end(job)
 
     async def _mark_failed(self, job: Job, message: str) -> None:
         job.state = JobState.FAILED
@@ -563,64 +560,13 @@ class Scheduler:
         job.error = message
         await self.store.update_job(job)
         self._emit(JobEvent(EventKind.FAILED, job.id, job.user_id, message=message))
-        owner = self._owner_waiting_on(job)
+        owner = self._chains.owner_waiting_on(job)
         if owner is not None:  # a helper window failed for good: so does the piece it was part of
             await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)  # nothing of its own to send
             await self._mark_failed(owner, message)
             return
-        await self._end_chain(job)
+        await self._chains.end(job)
         await self._deliver(job, [])
-
-    # -- chains of window jobs (generation/chain.py) ------------------------------------------------------------
-
-    def _owner_waiting_on(self, helper: Job) -> Job | None:
-        owner_id = self._helper_owner.pop(helper.id, None)
-        if owner_id is None or self._held.get(owner_id) != helper.id:
-            return None
-        del self._held[owner_id]
-        return self._owners.get(owner_id)
-
-    async def _advance_chain(self, owner: Job) -> None:
-        """Queue the owner's next window: a helper job, or the owner itself once every helper has finished.
-
-        After a restart a helper may already exist (found by its idempotency key): a finished one is used, an
-        unfinished one was queued again by start().
-        """
-        self._owners[owner.id] = owner
-        while True:
-            if owner.id in self._chain_cancel:
-                self._held.pop(owner.id, None)
-                await self._mark_cancelled(owner)
-                return
-            index = chain.next_window(owner)
-            if index >= len(chain.windows_of(owner)):
-                self._held.pop(owner.id, None)
-                owner.input_audio = chain.outputs_of(owner)[-1]  # in memory only: the row keeps the user's source
-                self._enqueue(owner)
-                self._wake.set()
-                return
-            helper = await self.store.add_job(chain.helper_job(owner, index))
-            self._held[owner.id] = helper.id
-            self._helper_owner[helper.id] = owner.id
-            if helper.state is JobState.DONE and helper.spec.window.output:
-                await self._record_output(owner, helper.spec.window.output)
-                continue
-            if helper.state in (JobState.FAILED, JobState.CANCELLED):
-                self._held.pop(owner.id, None)
-                self._helper_owner.pop(helper.id, None)
-                if helper.state is JobState.FAILED:
-                    await self._mark_failed(owner, helper.error or "A part of this piece failed.")
-                else:
-                    await self._mark_cancelled(owner)
-                return
-            if not any(j.id == helper.id for j in self._fair_order() + self.running_jobs()):
-                self._enqueue(helper)
-                self._wake.set()
-            return
-
-    async def _record_output(self, owner: Job, output: str) -> None:
-        owner.spec.chain.outputs.append(output)
-        await self.store.record_spec(owner)
 
     async def _remove(self, rels: list[str]) -> None:
         if rels and self.remove_files is not None:
@@ -628,40 +574,6 @@ class Scheduler:
                 await self.remove_files(rels)
             except OSError:
                 log.exception("could not remove %d window files", len(rels))
-
-    async def _helper_done(self, helper: Job, tracks: list[TrackRecord]) -> None:
-        """A helper window finished: its unprocessed audio is the next window's input. Nothing to deliver.
-
-        A cancel that arrived after the model call ended is honoured by _advance_chain (via _chain_cancel)."""
-        output = tracks[0].flac if tracks else None
-        helper.spec.window.output = output
-        await self.store.record_spec(helper)  # first: a helper row that says DONE always names its output
-        await self.store.complete_job(helper, [])
-        await self.store.set_delivery_state(helper.id, DeliveryState.DELIVERED)
-        helper.delivery_state = DeliveryState.DELIVERED
-        self._cancelled.discard(helper.id)
-        owner = self._owner_waiting_on(helper)
-        if owner is None:  # its chain was cancelled meanwhile
-            await self._remove([output] if output else [])
-            return
-        if output is None:
-            await self._mark_failed(owner, "A part of this piece came out empty; please try again.")
-            return
-        try:
-            await self._record_output(owner, output)
-            await self._advance_chain(owner)
-        except Exception:  # noqa: BLE001 - a chain must end, not wait forever for a window that never comes
-            log.exception("job %s: could not go on to its next window", owner.id)
-            self._held.pop(owner.id, None)
-            await self._mark_failed(owner, "Something went wrong between two parts of this piece; please try again.")
-
-    async def _end_chain(self, job: Job) -> None:
-        """A chain's owner finished (done, failed or cancelled): its intermediate audio goes."""
-        if self._owners.pop(job.id, None) is None:
-            return
-        self._held.pop(job.id, None)
-        self._chain_cancel.discard(job.id)
-        await self._remove(chain.outputs_of(job))
 
     # -- delivery -----------------------------------------------------------------------------------------
 
@@ -702,7 +614,7 @@ class Scheduler:
     # -- events -------------------------------------------------------------------------------------------
 
     def _emit(self, event: JobEvent) -> None:
-        event = self._as_chain_event(event)
+        event = self._chains.as_event(event)
         if event is None:
             return
         for listener in list(self._listeners):
@@ -711,74 +623,7 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a broken listener must not stop the queue
                 log.exception("job event listener failed")
 
-    def _as_chain_event(self, event: JobEvent) -> JobEvent | None:
-        """A window's events are its chain's: progress across all windows, under the owner's id."""
-        owner = self._owners.get(self._helper_owner.get(event.job_id, event.job_id))
-        if owner is None or event.kind in (EventKind.QUEUED, EventKind.CANCELLED, EventKind.FAILED) \
-                and owner.id != event.job_id:
-            return None if owner is not None else event  # a helper's end is announced as its owner's
-        helper = owner.id != event.job_id
-        if event.kind is EventKind.DONE and helper:
-            return None
-        steps, total = chain.chain_steps(owner)
-        index = chain.window_index(owner) if not helper else chain.next_window(owner)
-        before = sum(steps[: index - 1])
-        note = f"window {index} of {len(steps)}"
-        if event.kind in (EventKind.PROGRESS, EventKind.STARTED):
-            step = before + (event.step if event.kind is EventKind.PROGRESS else 0)
-            eta = (total - step) * self._step_s if self._step_s else None
-            return JobEvent(EventKind.PROGRESS, owner.id, owner.user_id, step=step, total=total, eta_s=eta,
-                            message=note)
-        if event.kind is EventKind.POSITION:
-            message = event.message or (f"{note} waits its turn" if index > 1 else None)  # e.g. a restart notice
-            return JobEvent(EventKind.POSITION, owner.id, owner.user_id, position=event.position,
-                            eta_s=self.eta(owner.id), message=message)
-        if helper:
-            return JobEvent(event.kind, owner.id, owner.user_id, event.step, event.total, event.position,
-                            event.eta_s, event.message)
-        return event
-
     def _emit_positions(self) -> None:
-        handed = {j.id: j for j in self.running_jobs()}
-        line = [handed[i] for i in self.handover.waiting() if i in handed] + self._fair_order()
-        for i, job in enumerate(line, start=1):
+        for i, job in enumerate(self.handover.line(), start=1):
             self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id),
                                 message=self.handover.note(job.id)))
-
-    # -- what the executor reports (generation/notices.py) ------------------------------------------------------
-
-    def _on_notice(self, notice: ExecutorNotice) -> None:
-        """A job started at a worker, was taken over, or the queue server went away or came back: say so."""
-        if notice.kind is NoticeKind.STARTED:
-            for job_id in notice.job_ids:
-                if self.handover.started(job_id):
-                    batch = self._batch_of(job_id)
-                    job = next(j for j in batch.jobs if j.id == job_id) if batch else None
-                    if job is not None:
-                        self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
-                                            eta_s=self.eta(job.id), message=self.handover.note(job.id)))
-            self._emit_positions()
-        elif notice.kind is NoticeKind.TAKEN_OVER:
-            for job_id in notice.job_ids:
-                batch = self._batch_of(job_id)
-                if batch is None:
-                    continue
-                self.handover.started(job_id)
-                self.handover.notes[job_id] = TAKEN_OVER_NOTE
-                batch.step = 0
-                job = next(j for j in batch.jobs if j.id == job_id)
-                self._emit(JobEvent(EventKind.NOTICE, job.id, job.user_id, step=0, total=batch.total,
-                                    eta_s=self.eta(job.id), message=TAKEN_OVER_TEXT))
-        elif notice.kind in (NoticeKind.OUTAGE, NoticeKind.RECOVERED):
-            self.handover.outage = notice.kind is NoticeKind.OUTAGE
-            for batch in self._batches:
-                for job in batch.jobs:
-                    if self.handover.is_waiting(job.id):
-                        continue  # its line position follows, with the note
-                    kind = EventKind.NOTICE if self.handover.outage else EventKind.PROGRESS
-                    self._emit(JobEvent(kind, job.id, job.user_id, step=batch.step, total=batch.total,
-                                        eta_s=self.eta(job.id), message=self.handover.note(job.id)))
-            self._emit_positions()
-
-    def _batch_of(self, job_id: str) -> _Batch | None:
-        return next((b for b in self._batches if any(j.id == job_id for j in b.jobs)), None)

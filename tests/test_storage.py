@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import json
 import sqlite3
 import subprocess
 import sys
@@ -638,3 +639,26 @@ async def test_backup_while_writer_active(tmp_path: Path, env):
     assert restored_files
     for rel in restored_files:
         assert FileStore(tmp_path / "r2").absolute(rel).read_bytes() == files.absolute(rel).read_bytes()
+
+
+@pytest.mark.asyncio
+async def test_migration_4_moves_the_interaction_expiry_into_the_delivery_data(tmp_path: Path):
+    """A database written before the expiry left the engine's Job: the rows keep their expiry, as delivery data."""
+    path = tmp_path / DB_FILENAME
+    conn = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None), execute_plugins=False)
+    apply_migrations(conn, MIGRATIONS[:3])
+    columns = ("id, user_id, kind, operation, model, prompt, duration_s, variations, seed, sampling, delivery, "
+               "interaction_expires_at, state, delivery_state, created_at")
+    rows = [("old", json.dumps({"sink": "discord", "channel_id": "c1", "interaction_token": "t"}), 1700000900.5),
+            ("cli", json.dumps({"sink": "cli"}), None)]
+    for job_id, delivery, expires in rows:
+        conn.execute(f"INSERT INTO jobs ({columns}) VALUES (?, 'u1', 'text', 'compose', 'm', 'jazz', 2.0, 1, 7, '{{}}', "
+                     "?, ?, 'done', 'sending', 1700000000.0)", [job_id, delivery, expires])
+    conn.conn.close()
+    with Database(path) as db:
+        assert db.schema_version() == 4
+        job = await SqliteJobStore(db).get_job("old")
+        assert job.delivery.sink == "discord"
+        assert dict(job.delivery.fields) == {"channel_id": "c1", "interaction_token": "t", "expires_at": 1700000900.5}
+        assert "interaction_expires_at" not in db.read_sync(lambda d: d["jobs"].columns_dict)
+        assert "expires_at" not in (await SqliteJobStore(db).get_job("cli")).delivery.fields

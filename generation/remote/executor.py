@@ -22,7 +22,8 @@ from generation.types import Progress
 
 log = logging.getLogger(__name__)
 from generation.remote.keys import BOT_CONSUMER, BOT_GROUP, CANCEL_POLL_S, CANCEL_TTL_S, FILE_KINDS, GENERIC_FAILURE, RedisSettings, RemoteJobFailed, StreamKeys, WORKERS_GROUP, connect, ensure_groups
-from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text, drop_idle_connections, once_more_on_reconnect
+from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text
+from generation.remote.keys import drop_idle_connections, once_more_on_reconnect
 from generation.remote.wire import job_to_json, track_from_dict
 
 

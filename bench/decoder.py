@@ -1,0 +1,251 @@
+"""The engine's own decoder against today's `generate` path, and continuous batching under staggered arrivals.
+
+    python bench/decoder.py            musicgen-small's shape, random weights (no download)
+    python bench/decoder.py --quick    a smaller shape (bench/generate.py's quick shape)
+    python bench/decoder.py --profile  also print a profile of one decoder step at 4 rows
+
+Every figure comes from this one run (bf16 by default on the CPU; 5 s clips, guidance 3). Printed as `name: value`:
+
+    generate_steps_per_s_rows{1,4,8}   today's path: MusicGenBackend.generate on N requests, steps / wall
+    decoder_steps_per_s_rows{1,4,8}    the decoder on the same N requests, submit to delivered, steps / wall
+    decoder_step_s_rows{1..8}          the decoder's median steady-state step time at N rows (with guidance)
+    decoder_batch{4,8}_vs_batch1       the decoder's own batching gain, per sequence
+    raw_batch{4,8}_vs_batch1           today's path's batching gain (N x time of 1 / time of N)
+    decoder_vs_generate_rows1          (goal >= 1.5)
+    bandwidth_floor_steps_per_s        4 rows: bytes a step reads (decoder weights + KV cache at the mean position)
+                                       over the bandwidth of a large tensor copy measured here
+    decoder_vs_floor_rows4             steady-state steps/s at 4 rows over that floor (goal >= 0.6)
+    staggered_vs_serial_{4,8}users     users arriving one every third of a solo clip's time: the decoder's
+                                       throughput over one job after another (serial = the solo time measured
+                                       here, jobs started at max(arrival, previous finish))
+    staggered_ideal_{4,8}users         the same ratio for perfect continuous batching, simulated from
+                                       decoder_step_s_rows{1..8} (goal: staggered_vs_serial >= 0.9 x this)
+    staggered_p50_s/p95_s_{4,8}users   latency, arrival to delivered
+    admit_steps_p95                    steps from submit to a job's first token while others run (goal <= 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]  # bench/queue.py shadows queue
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from generation.decoder import MusicGenDecoder  # noqa: E402
+from generation.types import GenerationRequest, SamplingParams, tokens_for  # noqa: E402
+
+PROMPTS = ["lo-fi piano, rainy night", "upbeat techno", "calm ambient pads", "jazz trio", "epic orchestral",
+           "funky bass groove", "sad violin", "synthwave drive"]
+
+
+def _generate_bench():
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def requests(n: int, seconds: float, offset: int = 0) -> list[GenerationRequest]:
+    return [GenerationRequest(PROMPTS[(i + offset) % len(PROMPTS)], seconds, seed=i + offset,
+                              sampling=SamplingParams(guidance=3.0)) for i in range(n)]
+
+
+def generate_wall(backend, n: int, seconds: float) -> float:
+    start = time.perf_counter()
+    backend.generate(requests(n, seconds))
+    return time.perf_counter() - start
+
+
+def decoder_wall(decoder: MusicGenDecoder, n: int, seconds: float) -> tuple[float, list[float]]:
+    """Submit n jobs together, run to the end: (wall, the steady-state step times)."""
+    start = time.perf_counter()
+    handles = [decoder.submit(r) for r in requests(n, seconds)]
+    times = []
+    while not decoder.idle:
+        t = time.perf_counter()
+        decoder.step()
+        times.append(time.perf_counter() - t)
+    assert all(h.audio is not None for h in handles)
+    return time.perf_counter() - start, times[1:-1]  # not the admitting step, not the decoding one
+
+
+def step_time(decoder: MusicGenDecoder, rows: int, seconds: float, steps: int) -> float:
+    """Median step time with `rows` jobs running, measured over `steps` steps in the middle of a clip."""
+    handles = [decoder.submit(r) for r in requests(rows, seconds)]
+    decoder.step()  # admission
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        decoder.step()
+        times.append(time.perf_counter() - t)
+    for h in handles:
+        h.cancel()
+    decoder.step()
+    return statistics.median(times)
+
+
+def copy_bandwidth(mib: int = 512) -> float:
+    """Bytes per second of a large tensor copy (read + write)."""
+    src = torch.ones(mib * 2 ** 20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def step_bytes(model, rows: int, mean_position: float, element: int) -> float:
+    """What one step must read: the decoder's layers and heads, and the K/V of `rows` sequences (x2 guidance)."""
+    decoder = model.decoder
+    weights = sum(p.numel() * p.element_size() for n, p in decoder.named_parameters() if "embed_tokens" not in n)
+    cfg = model.config.decoder
+    cache = 2 * rows * cfg.num_hidden_layers * 2 * cfg.hidden_size * mean_position * element
+    return weights + cache
+
+
+def run_staggered(decoder: MusicGenDecoder, users: int, seconds: float, gap_s: float):
+    """Users arriving every gap_s; the decoder stepping whenever anything runs. (wall, latencies, admit steps)."""
+    pending = requests(users, seconds, offset=100)
+    start = time.monotonic()  # the clock of DecodeHandle.finished_at
+    arrivals = [start + i * gap_s for i in range(users)]
+    handles, submitted_at = [], []
+    while len(handles) < users or not decoder.idle:
+        now = time.monotonic()
+        while len(handles) < users and arrivals[len(handles)] <= now:
+            handles.append(decoder.submit(pending[len(handles)]))
+            submitted_at.append(arrivals[len(handles) - 1])
+        if decoder.idle:
+            time.sleep(max(0.0, arrivals[len(handles)] - time.monotonic()))
+            continue
+        decoder.step()
+    wall = max(h.finished_at for h in handles) - start
+    latencies = [h.finished_at - a for h, a in zip(handles, submitted_at)]
+    admit = [h.first_step - h.submitted_step for h in handles[1:]]
+    return wall, latencies, admit
+
+
+def serial_wall(users: int, solo_s: float, gap_s: float) -> float:
+    finish = 0.0
+    for i in range(users):
+        finish = max(i * gap_s, finish) + solo_s
+    return finish
+
+
+def ideal_wall(users: int, steps: int, gap_s: float, step_s: dict[int, float], fixed_s: float) -> float:
+    """Perfect continuous batching: a job joins the step after it arrives and each step costs step_s[rows
+    running]; a job's fixed cost (text encoding, EnCodec decoding: `fixed_s`) is paid half on arrival, half on
+    leaving, while the others wait, as in the decoder."""
+    t, arrived, left = 0.0, 0, []
+    while arrived < users or left:
+        while arrived < users and arrived * gap_s <= t:
+            left.append(steps)
+            arrived += 1
+            t += fixed_s / 2
+        if not left:
+            t = arrived * gap_s
+            continue
+        t += step_s[min(len(left), max(step_s))]
+        done = sum(1 for n in left if n == 1)
+        left = [n - 1 for n in left if n > 1]
+        t += done * fixed_s / 2
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--mode", default=None, help="exact, batched or static (default: the device's)")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    built = time.perf_counter()
+    backend = _generate_bench().random_backend(args.quick, args.device, args.dtype)
+    steps = tokens_for(args.seconds)
+    decoder = MusicGenDecoder(backend, slots=args.slots, max_positions=1 + steps + 4, mode=args.mode,
+                              cuda_graphs=False if args.no_cuda_graphs else None)
+    print(f"model: {'quick' if args.quick else 'musicgen-small'} shape, {backend.device} {backend.dtype}, built in "
+          f"{time.perf_counter() - built:.1f} s; decoder mode {decoder.mode.value}, {args.slots} slots, "
+          f"{args.seconds:g} s clips ({steps} steps), guidance 3, {torch.get_num_threads()} threads")
+    generate_wall(backend, 1, 0.3)
+    decoder_wall(decoder, 2, 0.3)  # warm-up
+
+    gen, dec, steady = {}, {}, {}
+    for n in (1, 4, 8):
+        gen[n] = steps / generate_wall(backend, n, args.seconds)
+        wall, times = decoder_wall(decoder, n, args.seconds)
+        dec[n] = steps / wall
+        steady[n] = 1.0 / statistics.median(times)
+        if n == 1:
+            solo_s = wall
+            fixed_s = max(0.0, wall - steps * statistics.median(times))
+        print(f"generate_steps_per_s_rows{n}: {gen[n]:.2f}")
+        print(f"decoder_steps_per_s_rows{n}: {dec[n]:.2f}")
+    step_s = {n: step_time(decoder, n, args.seconds, steps=8 if args.quick else 5) for n in range(1, 9)}
+    for n, s in step_s.items():
+        print(f"decoder_step_s_rows{n}: {s:.4f}")
+    print(f"decoder_batch4_vs_batch1: {4 * dec[4] / dec[1]:.2f}")
+    print(f"decoder_batch8_vs_batch1: {8 * dec[8] / dec[1]:.2f}")
+    print(f"raw_batch4_vs_batch1: {4 * gen[4] / gen[1]:.2f}")
+    print(f"raw_batch8_vs_batch1: {8 * gen[8] / gen[1]:.2f}")
+    print(f"decoder_vs_generate_rows1: {dec[1] / gen[1]:.2f}")
+
+    element = torch.empty((), dtype=decoder.modules.dtype).element_size()
+    bandwidth = copy_bandwidth()
+    floor = bandwidth / step_bytes(backend.model, 4, steps / 2, element)
+    print(f"copy_bandwidth_gb_s: {bandwidth / 1e9:.1f}")
+    print(f"bandwidth_floor_steps_per_s: {floor:.2f}")
+    print(f"decoder_vs_floor_rows4: {steady[4] / floor:.2f}")
+
+    gap = solo_s / 3
+    admits = []
+    for users in (4, 8):
+        wall, latencies, admit = run_staggered(decoder, users, args.seconds, gap)
+        admits += admit
+        serial = serial_wall(users, solo_s, gap)
+        ideal = serial_wall(users, steps * step_s[1] + fixed_s, gap) / ideal_wall(users, steps, gap, step_s, fixed_s)
+        print(f"staggered_vs_serial_{users}users: {serial / wall:.2f}")
+        print(f"staggered_ideal_{users}users: {ideal:.2f}")
+        print(f"staggered_p50_s_{users}users: {statistics.median(latencies):.2f}")
+        print(f"staggered_p95_s_{users}users: {percentile(latencies, 0.95):.2f}")
+    print(f"admit_steps_p95: {percentile(admits, 0.95):.0f}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        handles = [decoder.submit(r) for r in requests(4, args.seconds)]
+        decoder.step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            decoder.step()
+        for h in handles:
+            h.cancel()
+        decoder.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

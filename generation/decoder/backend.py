@@ -1,0 +1,99 @@
+"""The decoder behind the `Backend` shape the scheduler already calls, plus the continuous-batching entry points.
+
+`generate(requests)` runs its requests through the decoder and returns when they are done; unlike the
+`generate`-based backend, any mix of sampling parameters, durations, text and continuation may share it. For
+continuous batching the owner submits jobs as they arrive (`submit`) and keeps calling `step()` from one model
+thread; each job's handle reports progress, can be cancelled, and holds its audio when done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from generation.backend import GenerationCancelled, OutOfMemory
+from generation.decoder.engine import MusicGenDecoder
+from generation.decoder.jobs import DecodeHandle, DecodeState
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, tokens_for
+
+
+class DecoderBackend:
+    """A loaded MusicGen or MusicGen-melody run by `MusicGenDecoder`, shaped like `generation.backend.Backend`."""
+
+    def __init__(self, decoder: MusicGenDecoder) -> None:
+        self.decoder = decoder
+        source = decoder.backend
+        self.model_id = source.model_id
+        self.family = source.family  # "musicgen" or "musicgen-melody"
+        self.supports_continuation = source.supports_continuation
+        self.license = source.license
+        self.sample_rate = source.sample_rate
+        self.max_duration_s = source.max_duration_s
+        self.device = source.device
+        self.dtype = source.dtype
+        self._step_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", **options) -> "DecoderBackend":
+        """options: MusicGenDecoder's (slots, max_positions, mode, prefill_chunk, cuda_graphs...)."""
+        return cls(MusicGenDecoder.load(model_id, device=device, dtype=dtype, **options))
+
+    @classmethod
+    def wrap(cls, backend, **options) -> "DecoderBackend":
+        """A decoder over an already loaded MusicGenBackend or MelodyBackend (e.g. from the ModelRegistry)."""
+        return cls(MusicGenDecoder(backend, **options))
+
+    # -- continuous batching ----------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> DecodeHandle:
+        return self.decoder.submit(request, progress=progress)
+
+    def free_slots(self) -> int:
+        return self.decoder.free_slots()
+
+    def step(self) -> None:
+        with self._step_lock:
+            try:
+                self.decoder.step()
+            except torch.OutOfMemoryError as error:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(str(error)) from error
+
+    def run_until_idle(self, should_stop: Callable[[], bool] | None = None) -> None:
+        while not self.decoder.idle:
+            if should_stop is not None and should_stop():
+                for handle in self.decoder.running() + self.decoder.queued():
+                    handle.cancel()
+            self.step()
+
+    # -- the Backend protocol ---------------------------------------------------------------------------------
+
+    def generate(self, requests: list[GenerationRequest], *, progress: ProgressCallback | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[list[Audio]]:
+        """Run the requests (one Audio per variation, seeds seed..seed+n-1) and return when all are done."""
+        if not requests:
+            return []
+        for r in requests:
+            self.decoder.check(r)
+        started = time.monotonic()
+        total = max(tokens_for(r.duration_s) for r in requests)
+        reported = [0]
+
+        def report(p: Progress) -> None:
+            if progress is not None and p.step > reported[0]:
+                reported[0] = p.step
+                progress(Progress(p.step, total, time.monotonic() - started))
+
+        handles = [self.submit(r, progress=report) for r in requests]
+        while not all(h.state.finished for h in handles):
+            if should_stop is not None and should_stop():
+                for h in handles:
+                    h.cancel()
+            self.step()
+        if all(h.state is DecodeState.CANCELLED for h in handles):
+            raise GenerationCancelled("all jobs in this batch were cancelled")
+        return [h.result() for h in handles]

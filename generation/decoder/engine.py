@@ -1,0 +1,403 @@
+"""The engine's own MusicGen decoder loop: jobs join at the next step and leave at their own length.
+
+Each `step()`: cancelled jobs free their slots; queued jobs are admitted into free slots (text encoded and the
+cross-attention keys/values computed once, RNGs seeded, delay pattern built); audio prompts are prefilled (in
+chunks when `prefill_chunk` is set); every running job draws one token per codebook, all jobs in one forward
+call; a job that has drawn its last token is un-delayed and EnCodec-decoded at once.
+
+A job's tokens depend only on its own request (see `generation/decoder/forward.py` for when that is bit-exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+import numpy as np
+import torch
+
+from generation.backend import OutOfMemory
+from generation.decoder.cache import CacheShape, StaticKVCache
+from generation.decoder.forward import DecoderModules, RowBlock, StepMode
+from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
+from generation.decoder.sampling import new_generator, sample_job
+from generation.types import DELAY_STEPS, Audio, GenerationRequest, ProgressCallback, tokens_for
+
+log = logging.getLogger(__name__)
+
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def default_mode(device: str, dtype: str) -> StepMode:
+    if str(device).startswith("cuda"):
+        return StepMode.STATIC
+    return StepMode.EXACT if dtype == "float32" else StepMode.BATCHED
+
+
+def cache_bytes_per_slot(model, max_positions: int, max_text_tokens: int, dtype: torch.dtype) -> int:
+    """What one slot (a sequence and its twin) costs in the static cache: for sizing S from free memory."""
+    cfg = model.config.decoder
+    per_row = cfg.num_hidden_layers * 2 * cfg.hidden_size * (max_positions + 1 + max_text_tokens)
+    return 2 * per_row * torch.empty((), dtype=dtype).element_size()
+
+
+class MusicGenDecoder:
+    """Continuous batching over a loaded MusicGen (`generation.musicgen.MusicGenBackend`) or MusicGen-melody
+    (`generation.melody.MelodyBackend`).
+
+    Not thread-safe for stepping: one thread calls `step()`/`run_until_idle()`; any thread may `submit()` and
+    cancel handles.
+    """
+
+    def __init__(self, backend, *, slots: int = 4, max_positions: int | None = None, max_text_tokens: int = 64,
+                 mode: StepMode | str | None = None, prefill_chunk: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
+        if slots < 1:
+            raise ValueError("the decoder needs at least one slot")
+        self.backend = backend
+        self.model = backend.model
+        self.device = torch.device(backend.device)
+        self.modules = DecoderModules(self.model)
+        self.k = self.modules.num_codebooks
+        self.mode = StepMode(mode) if mode is not None else default_mode(backend.device, backend.dtype)
+        self.max_positions = max_positions or (1 + tokens_for(backend.max_duration_s) + 4)
+        self.prefill_chunk = prefill_chunk
+        self.modules.ensure_positions(self.max_positions + 1)
+        cfg = self.model.config.decoder
+        self.cache = StaticKVCache(
+            CacheShape(slots=slots, layers=int(cfg.num_hidden_layers), heads=self.modules.num_heads,
+                       head_dim=self.modules.head_dim, max_positions=self.max_positions,
+                       max_text_tokens=max_text_tokens if self.modules.cross_attention else 1),
+            dtype=self.modules.dtype, device=self.device)
+        self.slots = slots
+        self.pad = int(backend.pad_token_id)
+        self.melody = getattr(backend, "family", "musicgen") == "musicgen-melody"
+        self._project = getattr(self.model, "enc_to_dec_proj", None)
+        if (self.model.text_encoder.config.hidden_size == cfg.hidden_size
+                or cfg.cross_attention_hidden_size is not None):
+            self._project = None  # the model itself projects only when the widths differ
+        use_graphs = (self.mode is StepMode.STATIC and self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        self.graphs = None
+        if use_graphs:
+            if self.mode is not StepMode.STATIC or self.device.type != "cuda":
+                raise ValueError("CUDA graphs need the static step mode on a CUDA device")
+            from generation.decoder.graphs import CudaGraphSteps
+
+            self.graphs = CudaGraphSteps(self.modules, self.cache, self.k)
+        self.steps_run = 0
+        self._queue: deque[DecodeHandle] = deque()
+        self._live: list[LiveJob] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", melody: bool = False,
+             **options) -> "MusicGenDecoder":
+        """Load through the existing backends (MusicgenForConditionalGeneration / ...Melody... from_pretrained)."""
+        if melody:
+            from generation.melody import MelodyBackend as loader
+        else:
+            from generation.musicgen import MusicGenBackend as loader
+        return cls(loader.load(model_id, device=device, dtype=dtype), **options)
+
+    # -- submitting -------------------------------------------------------------------------------------------
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ValueError (a message for the user) when the request cannot run here."""
+        if self.melody:
+            if request.melody is None:
+                raise ValueError("a remix request needs a melody")
+            if request.audio_prompt is not None:
+                raise ValueError("MusicGen-melody cannot continue audio: remix requests take a melody only")
+        elif request.melody is not None:
+            raise ValueError(f"{self.backend.model_id} cannot follow a melody: remix needs a MusicGen-melody model")
+        if not request.duration_s > 0:
+            raise ValueError("the duration must be more than 0 seconds")
+        if request.duration_s > self.backend.max_duration_s + 1e-6:
+            raise ValueError(f"one model call makes at most {self.backend.max_duration_s:.0f} s")
+        if not 1 <= request.variations <= self.slots:
+            raise ValueError(f"variations must be between 1 and {self.slots} (the decoder's slots)")
+        frames = 0
+        if request.audio_prompt is not None:
+            frames = self.backend._prompt_samples(request.audio_prompt).shape[-1] // self.backend.hop
+            if frames < 1:
+                raise ValueError("the audio prompt is shorter than one frame")
+        if self._offset(request) + 1 + frames + tokens_for(request.duration_s) > self.max_positions:
+            raise ValueError("the audio prompt and the new part are too long for one model call here")
+
+    def _offset(self, request: GenerationRequest) -> int:
+        """Decoder positions before the BOS: MusicGen-melody's chroma and text prefix (none for MusicGen)."""
+        if not self.melody:
+            return 0
+        return self.backend.chroma_length + len(self.backend.tokenizer(request.prompt)["input_ids"])
+
+    def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> DecodeHandle:
+        """Queue a request; it joins at the next step that has room for its variations."""
+        self.check(request)
+        handle = DecodeHandle(request, tokens_for(request.duration_s), progress, self.steps_run)
+        with self._lock:
+            self._queue.append(handle)
+        return handle
+
+    # -- introspection ----------------------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return self.cache.free_slots()
+
+    def running(self) -> list[DecodeHandle]:
+        return [job.handle for job in self._live]
+
+    def queued(self) -> list[DecodeHandle]:
+        with self._lock:
+            return list(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._queue and not self._live
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def run_until_idle(self, should_stop=None) -> None:
+        while not self.idle:
+            if should_stop is not None and should_stop():
+                for handle in self.running() + self.queued():
+                    handle.cancel()
+            self.step()
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Cancel, admit, prefill, draw one token for every running job, deliver the finished ones."""
+        self._drop_cancelled()
+        self._admit_waiting()
+        prefilled = []
+        for job in [j for j in self._live if j.prefilling]:
+            logits = self._prefill(job)
+            if logits is not None:
+                prefilled.append((job, logits))
+        just_prefilled = {id(job) for job, _ in prefilled}
+        decoding = [j for j in self._live if not j.prefilling and id(j) not in just_prefilled]
+        results = prefilled + self._decode(decoding)
+        self.steps_run += 1
+        for job, logits in results:
+            self._draw(job, logits)
+        for job in [j for j in self._live if j.drawn >= j.steps]:
+            self._deliver(job)
+
+    # -- admission --------------------------------------------------------------------------------------------
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            for handle in [h for h in self._queue if h.cancel_requested]:
+                self._queue.remove(handle)
+                handle._finish(DecodeState.CANCELLED)
+        for job in [j for j in self._live if j.handle.cancel_requested]:
+            self._release(job)
+            job.handle._finish(DecodeState.CANCELLED)
+
+    def _admit_waiting(self) -> None:
+        with self._lock:
+            waiting = list(self._queue)
+        for handle in waiting:
+            first = self.cache.allocate(handle.rows)
+            if first is None:
+                continue  # no block of that many slots free; a smaller job behind it may still fit
+            try:
+                job = self._admit(handle, first)
+            except torch.OutOfMemoryError as error:
+                self.cache.release(first, handle.rows)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self._live:  # running jobs will free memory as they leave; never fail them for a newcomer
+                    log.warning("out of memory admitting a job; it stays queued")
+                    return
+                with self._lock:
+                    self._queue.remove(handle)
+                handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
+                continue
+            except Exception as error:  # noqa: BLE001 - a bad request fails alone, never the running jobs
+                self.cache.release(first, handle.rows)
+                with self._lock:
+                    self._queue.remove(handle)
+                handle._finish(DecodeState.FAILED, error=error)
+                continue
+            with self._lock:
+                self._queue.remove(handle)
+            self._live.append(job)
+            handle.state = DecodeState.PREFILL if job.prefilling else DecodeState.RUNNING
+
+    def _admit(self, handle: DecodeHandle, first_slot: int) -> LiveJob:
+        r, n = handle.request, handle.rows
+        guided = r.sampling.guidance > 1
+        first_row = 2 * first_slot
+        prefix_embeds = None
+        if self.melody:
+            prefix_embeds = self._melody_prefix(r, n, guided)
+        else:
+            self._encode_text(r.prompt, n, guided, first_row)
+        prompt_codes, samples = None, None
+        if r.audio_prompt is not None:
+            samples = self.backend._prompt_samples(r.audio_prompt)
+            values = torch.from_numpy(np.stack([samples] * n)[:, None, :]).to(self.device, torch.float32)
+            prompt_codes = self.model.audio_encoder.encode(values, bandwidth=None).audio_codes[0]  # (n, k, P)
+        frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        steps = tokens_for(r.duration_s)
+        first = torch.full((n * self.k, 1), self.pad, dtype=torch.long, device=self.device)
+        if prompt_codes is not None:
+            first = torch.cat([first, prompt_codes.reshape(n * self.k, frames)], dim=-1)
+        _, pattern = self.model.decoder.build_delay_pattern_mask(first, self.pad, max_length=1 + frames + steps)
+        pattern = pattern.reshape(n, self.k, -1)
+        return LiveJob(
+            handle=handle, first_slot=first_slot, slots=n, guided=guided, params=r.sampling,
+            generators=[new_generator(r.seed + i, self.device) for i in range(n)],
+            pattern=pattern, seq=pattern.clone(), prompt_frames=frames, steps=steps, prefix=1 + frames,
+            # a text job's BOS joins the batch; a continuation's prompt and a remix's prefix are prefilled first
+            prefilled=1 if frames == 0 and prefix_embeds is None else 0, prompt_samples=samples,
+            prefix_embeds=prefix_embeds, offset=0 if prefix_embeds is None else prefix_embeds.shape[1])
+
+    def _encode_text(self, prompt: str, n: int, guided: bool, first_row: int) -> None:
+        """The text's cross-attention keys/values for the job's rows, as `generate` builds them for it alone:
+        the prompt once per variation, then (with guidance) as many all-zero, fully masked unconditional rows."""
+        enc = self.backend.tokenizer([prompt] * n, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if guided:
+            hidden = torch.cat([hidden, torch.zeros_like(hidden)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        if self._project is not None:
+            hidden = self._project(hidden)
+        hidden = hidden * mask[..., None]
+        for i, layer in enumerate(self.modules.layers):
+            attn = layer.encoder_attn
+            keys = self.modules._split(attn.k_proj(hidden))
+            values = self.modules._split(attn.v_proj(hidden))
+            self.cache.set_cross(i, first_row, keys, values)
+        self.cache.set_cross_mask(first_row, mask.bool())
+
+    def _melody_prefix(self, r: GenerationRequest, n: int, guided: bool) -> torch.Tensor:
+        """MusicGen-melody's decoder prefix for a job's rows, built as its `generate` builds it for the job alone:
+        the projected chroma (looped to chroma_length; a 'null' chroma for the unconditional rows), then the
+        projected text (zeros for the unconditional rows)."""
+        b, model = self.backend, self.model
+        enc = b.tokenizer([r.prompt] * n, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        text = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if model.text_encoder.config.hidden_size != model.decoder.config.hidden_size:
+            text = model.enc_to_dec_proj(text)
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        text = text * mask[..., None]
+        chroma = torch.from_numpy(np.stack([b.melody_chroma(r.melody)] * n)).to(self.device, b._chroma_dtype)
+        null = torch.zeros_like(chroma)
+        null[:, :, 0] = 1
+        if guided:
+            chroma = torch.cat([chroma, null], dim=0)
+        if model.config.num_chroma != model.decoder.config.hidden_size:
+            chroma = model.audio_enc_to_dec_proj(chroma)
+        length = model.config.chroma_length
+        if chroma.shape[1] < length:
+            chroma = chroma.repeat(1, -(-length // chroma.shape[1]), 1)
+        return torch.cat([chroma[:, :length], text], dim=1)
+
+    def _release(self, job: LiveJob) -> None:
+        self._live.remove(job)
+        self.cache.release(job.first_slot, job.slots)
+
+    # -- model calls ------------------------------------------------------------------------------------------
+
+    def _prefill(self, job: LiveJob) -> torch.Tensor | None:
+        """Run (a chunk of) the job's prefix; its logits once the whole prefix has run, else None."""
+        if job.prefix_embeds is not None:  # MusicGen-melody: the chroma and text prefix and the BOS, in one call
+            block = RowBlock(job.first_row, job.rows, 0, job.offset + 1)
+            logits = self.modules.forward_blocks(job.inputs(0, 1), [block], self.cache, prefix=job.prefix_embeds)
+            job.prefix_embeds = None
+            job.prefilled = job.prefix
+            job.handle.state = DecodeState.RUNNING
+            return logits
+        start = job.prefilled
+        end = job.prefix if not self.prefill_chunk else min(job.prefix, start + self.prefill_chunk)
+        block = RowBlock(job.first_row, job.rows, job.offset + start, end - start)
+        logits = self.modules.forward_blocks(job.inputs(start, end), [block], self.cache)
+        job.prefilled = end
+        job.next_pos = end - 1
+        if job.prefilling:
+            return None
+        job.handle.state = DecodeState.RUNNING
+        return logits
+
+    def _decode(self, jobs: list[LiveJob]) -> list[tuple[LiveJob, torch.Tensor]]:
+        if not jobs:
+            return []
+        if self.mode is StepMode.EXACT:
+            return [(j, self.modules.forward_blocks(j.inputs(j.next_pos, j.next_pos + 1),
+                                                    [RowBlock(j.first_row, j.rows, j.offset + j.next_pos)],
+                                                    self.cache))
+                    for j in jobs]
+        if self.mode is StepMode.BATCHED:
+            tokens = torch.cat([j.inputs(j.next_pos, j.next_pos + 1) for j in jobs])
+            blocks = [RowBlock(j.first_row, j.rows, j.offset + j.next_pos) for j in jobs]
+            logits = self.modules.forward_blocks(tokens, blocks, self.cache)
+            out, at = [], 0
+            for j in jobs:
+                span = j.rows * self.k
+                out.append((j, logits[at:at + span]))
+                at += span
+            return out
+        return self._decode_static(jobs)
+
+    def _decode_static(self, jobs: list[LiveJob]) -> list[tuple[LiveJob, torch.Tensor]]:
+        used = self.cache.highest_used_slot()
+        bucket = next((b for b in GRAPH_BUCKETS if b >= used), used)
+        bucket = min(bucket, self.slots)
+        rows = 2 * bucket
+        tokens = torch.full((rows, self.k, 1), self.pad, dtype=torch.long, device=self.device)
+        positions = torch.full((rows,), self.cache.scratch_position, dtype=torch.long, device=self.device)
+        for j in jobs:
+            block = slice(j.first_row, j.first_row + j.rows)
+            tokens[block] = j.inputs(j.next_pos, j.next_pos + 1)
+            positions[block] = j.offset + j.next_pos
+        if self.graphs is not None:
+            logits = self.graphs.run(rows, tokens, positions)
+        else:
+            logits = self.modules.forward_static(tokens, positions, self.cache)
+        return [(j, logits[j.first_row * self.k:(j.first_row + j.rows) * self.k]) for j in jobs]
+
+    # -- tokens and delivery ----------------------------------------------------------------------------------
+
+    def _draw(self, job: LiveJob, logits: torch.Tensor) -> None:
+        tokens = sample_job(logits, slots=job.slots, num_codebooks=self.k, guided=job.guided, params=job.params,
+                            generators=job.generators)
+        pos = job.next_pos + 1
+        wanted = job.pattern[:, :, pos]
+        job.seq[:, :, pos] = torch.where(wanted == -1, tokens, wanted)
+        job.next_pos = pos
+        job.drawn += 1
+        if job.handle.first_step is None:
+            job.handle.first_step = self.steps_run
+        job.handle._report(job.drawn)
+
+    def codes_of(self, job: LiveJob) -> torch.Tensor:
+        """Un-delayed codes (slots, codebooks, frames), the prompt's frames included."""
+        count = job.prompt_frames + job.steps - DELAY_STEPS
+        return torch.stack([torch.stack([job.seq[s, c, c + 1:c + 1 + count] for c in range(self.k)])
+                            for s in range(job.slots)])
+
+    def _deliver(self, job: LiveJob) -> None:
+        self._release(job)
+        handle = job.handle
+        try:
+            codes = self.codes_of(job)
+            values = self.model.audio_encoder.decode(codes[None], [None] * job.slots).audio_values
+            audio = values.float().cpu().numpy()[:, 0, :]
+            b, r = self.backend, handle.request
+            wanted = job.prompt_frames * b.hop + round(r.duration_s * b.sample_rate)
+            out = [Audio(a[None, :wanted].copy(), b.sample_rate) for a in audio]
+            if r.audio_prompt is not None:
+                out = [b._stitch(r.audio_prompt, job.prompt_samples, piece) for piece in out]
+        except Exception as error:  # noqa: BLE001 - one job's decode failure is that job's failure
+            log.exception("decoding job %s failed", handle.id)
+            handle._finish(DecodeState.FAILED, error=error)
+            return
+        handle.codes = codes
+        handle._finish(DecodeState.DONE, audio=out)
