@@ -4,7 +4,7 @@
     python bot.py                      the Discord bot (DISCORD_TOKEN set) or else the console
     python bot.py compose "PROMPT" --duration 8 --variations 2 --seed 1 --out out/ [--json]
     python bot.py continue FILE --prompt "..." --duration 10 --out out/ [--json]
-    python bot.py doctor | download [MODEL|audioseal] | backup PATH | restore BACKUP | worker | console
+    python bot.py doctor | download [MODEL|audioseal|ace-step] | backup PATH | restore BACKUP | worker | console | status
     python bot.py verify FILE [--json]     exit 0 when this server's Bandmate made the file, unchanged; else 1
     python bot.py compose "PROMPT" --lyrics TEXT|@FILE [--language en] [--bpm N] [--key "C major"] [--json]
     python bot.py replace TRACK_FILE --start S --end S [--prompt ...] [--lyrics ...] | cover FILE --style "..."
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("console", help="the bot in this terminal")
     sub.add_parser("discord", help="the Discord bot")
     sub.add_parser("worker", help="a GPU worker taking jobs from Redis")
+    sub.add_parser("status", help="queued and running jobs per user and model, from the database")
     return parser
 
 
@@ -112,7 +113,7 @@ def dispatch(settings, args) -> int:
                               top_k=args.top_k, top_p=args.top_p)
         return commands.one_shot(settings, opts, Path(args.out), as_json=args.json, upload=upload)
     simple = {"doctor": commands.doctor, "console": commands.console, "discord": commands.discord,
-              "worker": commands.worker, None: commands.run}
+              "worker": commands.worker, "status": commands.status, None: commands.run}
     if args.command in simple:
         return simple[args.command](settings)
     if args.command == "verify":

@@ -68,8 +68,6 @@ def discord(settings: Settings) -> int:
 
 
 def worker(settings: Settings) -> int:
-    from generation.remote import run_worker
-
     if not settings.redis_url:
         print("error: BANDMATE_REDIS_URL is not set; a worker takes its jobs from Redis.", file=sys.stderr)
         return 2
@@ -82,7 +80,9 @@ def worker(settings: Settings) -> int:
         except WatermarkError as error:
             print(f"error: {error}", file=sys.stderr)
             return 3
-    return asyncio.run(run_worker(settings, build_models(settings), watermark))
+    from app.observability import run_observed_worker
+
+    return asyncio.run(run_observed_worker(settings, build_models(settings), watermark))
 
 
 # -- one-shot jobs through the queue --------------------------------------------------------------------------
@@ -322,3 +322,21 @@ def verify(settings: Settings, path: Path, *, as_json: bool) -> int:
     else:
         print("\n".join(report.lines()))
     return report.exit_code
+
+
+def status(settings: Settings) -> int:
+    """Queued and running jobs per user and model, and the oldest waiting one, from the database."""
+    from app.status_report import status_report
+    from storage.database import Database
+    from storage.jobstore import SqliteJobStore
+
+    if not settings.db_path.exists():
+        print(f"no database at {settings.db_path} (BANDMATE_DATA): nothing has been queued yet", file=sys.stderr)
+        return 1
+    db = Database(settings.db_path)
+    try:
+        jobs = asyncio.run(SqliteJobStore(db).unfinished_jobs())
+    finally:
+        db.close()
+    print(status_report(jobs))
+    return 0

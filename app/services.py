@@ -152,6 +152,11 @@ class Application:
         self.housekeeping = Housekeeping(
             leaderboard=self.leaderboard, server_settings=server_settings, privacy_store=self.privacy_store,
             announce=self.core.announce_winner, voting_every_s=max(0.5, min(15.0, settings.voting_window_s / 4)))
+        self.metrics = self.metrics_server = None
+        if settings.metrics_addr and not operator:  # [metrics] the operator's view: app/metrics.py
+            from app.observability import bot_metrics
+
+            self.metrics, self.metrics_server = bot_metrics(self, require_discord=bool(settings.discord_token))
         self.started = False
         self._closed = False
 
@@ -183,11 +188,16 @@ class Application:
         self._closed = True
         await self.housekeeping.stop()
         await self.scheduler.stop(grace_s)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            log.info("latencies this run: %s", self.metrics.summary())
         self.db.close()
         self.credentials.close()
 
     async def __aenter__(self) -> "Application":
         try:
+            if self.metrics_server is not None:  # first: alive (and saying "not ready") while the model loads
+                await self.metrics_server.start()
             await self.load_model()
             return await self.start()
         except BaseException:

@@ -61,6 +61,22 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _address(env: Mapping[str, str], name: str) -> str | None:
+    """host:port (":9464" listens on 127.0.0.1), or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name} must be host:port, for example 127.0.0.1:9464, got {raw!r}")
+    return f"{host.strip('[]') or '127.0.0.1'}:{int(port)}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
 def _rate_limit(env: Mapping[str, str]) -> tuple[int, float]:
     """BANDMATE_RATE_BURST and BANDMATE_RATE_PER_MIN; for one release the old BANDMATE_COOLDOWN_S still works,
     read as a bucket of one that refills every cooldown (and says what replaces it)."""
@@ -113,6 +129,7 @@ class Settings:
     c2pa_cert: Path | None = None  # the operator's C2PA certificate chain (PEM); None: the bot's own chain
     c2pa_key: Path | None = field(default=None, repr=False)
     watermark: str = "off"  # off | audioseal
+    metrics_addr: str | None = None  # host:port of /metrics, /healthz, /readyz; None: off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -157,6 +174,7 @@ class Settings:
             c2pa_cert=_path(env, "BANDMATE_C2PA_CERT"),
             c2pa_key=_path(env, "BANDMATE_C2PA_KEY"),
             watermark=_choice(env, "BANDMATE_WATERMARK", "off", ("off", "audioseal")),
+            metrics_addr=_address(env, "BANDMATE_METRICS_ADDR"),
         )
 
     @property

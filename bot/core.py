@@ -24,6 +24,7 @@ from bot.upload_fit import fit_files
 from bot.vocals import SongOptions, Vocals
 from bot.words import human_seconds, short
 from generation.events import EventKind, JobEvent
+from bot.transport_signals import TransportSignals
 from generation.jobs import Job, JobState, Operation, TrackRecord
 
 __all__ = ["Bandmate", "ComposeOptions", "CoreConfig", "Refusal", "ReplyOutcome", "Request", "Requester",
@@ -111,6 +112,7 @@ class Bandmate:
         self._transports: dict[str, Transport] = {}
         self.vocals = Vocals(planner)  # songs with lyrics, replacing parts, covers, stems (ACE-Step)
         self._unlisten: list[Callable[[], None]] = []
+        self.signals = TransportSignals()  # connected? rate limited? for the operator's view (app/metrics.py)
 
     # -- transports ---------------------------------------------------------------------------------------
 
@@ -307,6 +309,11 @@ class Bandmate:
         for job in running:
             shown = self.scheduler.request_id(job.id)  # a long extend's window shows as the extend itself
             eta = self.scheduler.eta(shown)
+            place = self.scheduler.position(shown)  # handed to the Redis workers, but none has started it yet
+            if place is not None:
+                lines.append(f"⏳ `{shown}` {user(short(job.prompt, 50))} — #{place} in line"
+                             + (f", ready in about {human_seconds(eta)}" if eta else ""))
+                continue
             lines.append(f"▶ `{shown}` {user(short(job.prompt, 50))} — being made"
                          + (f", about {human_seconds(eta)} left" if eta else ""))
         for job in queued:

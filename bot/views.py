@@ -90,6 +90,10 @@ def status_text(job: Job, event: JobEvent, now: float | None = None) -> str:
         return f"{head}\n❌ {event.message or 'failed'}"
     if event.kind is EventKind.CANCELLED:
         return f"{head}\n🚫 cancelled"
+    if event.kind is EventKind.NOTICE:  # a fault meanwhile: where the job was, and what happens now
+        where = (f"`{progress_bar(event.step, event.total)}` {100 * event.step // event.total}%" if event.total
+                 else f"⏳ {_where(event.position)}")
+        return f"{head}\n{where}\n⚠️ {event.message or 'please wait'}"
     if event.kind is EventKind.REQUEUED:
         return f"{head}\n⏸ {event.message or 'waiting for a restart'}"
     return head

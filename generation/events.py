@@ -15,6 +15,7 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REQUEUED = "requeued"
+    NOTICE = "notice"  # something the user should know about the job meanwhile (a fault); `message` says it
 
     @property
     def final(self) -> bool:

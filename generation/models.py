@@ -50,6 +50,11 @@ class ModelRegistry:
 
     __call__ = get
 
+    def loaded(self) -> dict[str, Backend]:
+        """The models loaded so far, by id (for the operator's memory figures)."""
+        with self._lock:
+            return dict(self._loaded)
+
     def _load(self, model_id: str) -> Backend:
         # First, before torch and transformers are even imported (seconds): a model that must come from a hub that
         # cannot be reached fails here, in one line, instead of after minutes of download retries. (Stable Audio's

@@ -23,6 +23,7 @@ from generation import chain
 from generation.chain_runs import ChainRuns
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.events import EventKind, JobEvent
+from generation.handover import Handover
 from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
 from generation.models import ModelInfo, model_info
 from generation.types import Progress
@@ -137,6 +138,14 @@ class Scheduler:
         self._step_s: float | None = None  # measured seconds per model step (EMA)
         if hasattr(executor, "on_capacity"):
             executor.on_capacity = self._wake_threadsafe
+        # An executor that reports when a job really starts (remote workers) and the faults it sees meanwhile.
+        self.handover = Handover(self, bool(getattr(executor, "reports_start", False)))
+        # Operators' hooks (app/metrics.py): a batch's progress (its jobs, on the event loop), and each delivery's
+        # outcome ("delivered", "retried" or "failed").
+        self.on_batch_progress: Callable[[list[Job], Progress], None] = lambda jobs, progress: None
+        self.on_delivery: Callable[[Job, str], None] = lambda job, outcome: None
+        if hasattr(executor, "on_notice"):
+            executor.on_notice = self.handover.relay
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -168,6 +177,8 @@ class Scheduler:
         self._wake.set()
         for batch in self._batches:
             for job in batch.jobs:
+                if job.state.finished:  # made and being delivered: its last status stays true
+                    continue
                 self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id,
                                     message="The bot is restarting; your piece is finishing first."))
         for queue in self._queued.values():
@@ -275,7 +286,10 @@ class Scheduler:
 
     def position(self, job_id: str) -> int | None:
         job_id = self._chains.held.get(job_id, job_id)
-        for i, job in enumerate(self._fair_order(), start=1):
+        waiting = self.handover.waiting()  # handed to the workers but not started: first in line
+        if job_id in waiting:
+            return waiting.index(job_id) + 1
+        for i, job in enumerate(self._fair_order(), start=1 + len(waiting)):
             if job.id == job_id:
                 return i
         return None
@@ -291,16 +305,19 @@ class Scheduler:
             current = self.eta(helper_id)
             done = chain.next_window(owner)
             return None if current is None else current + sum(steps[done:]) * self._step_s
-        running = max((b.total - b.step for b in self._batches), default=0) * self._step_s
-        for batch in self._batches:
+        started = [b for b in self._batches if not any(self.handover.is_waiting(j.id) for j in b.jobs)]
+        running = max((b.total - b.step for b in started), default=0) * self._step_s
+        for batch in started:
             if any(j.id == job_id for j in batch.jobs):
                 return (batch.total - batch.step) * self._step_s
+        line = self.handover.line()
+        lanes = max(1, int(getattr(self.executor, "live_workers", 1) or 1)) if self.handover.reports_start else 1
         ahead = 0.0
-        for job in self._fair_order():
+        for job in line:
             share = min(1.0, job.rows / max(1, self.config.max_batch))
             ahead += job_steps(job, self.model_info) * self._step_s * share
             if job.id == job_id:
-                return running + ahead
+                return running + ahead / lanes
         return None
 
     # -- queue internals ----------------------------------------------------------------------------------
@@ -404,6 +421,9 @@ class Scheduler:
         log.info("batch of %d jobs (%d sequences, %d steps): %s", len(jobs), sum(j.rows for j in jobs), batch.total,
                  " ".join(j.id for j in jobs))
         for job in jobs:
+            if self.handover.reports_start:  # it waits in line at the workers until one says it started
+                self.handover.handed(job.id)
+                continue
             self._emit(JobEvent(EventKind.STARTED, job.id, job.user_id, total=batch.total,
                                 eta_s=self.eta(job.id), message=f"batch of {len(jobs)}"))
         self._spawn(self._run_batch(batch))
@@ -425,6 +445,7 @@ class Scheduler:
 
     def _on_progress(self, batch: _Batch, p: Progress) -> None:
         batch.step, batch.total = p.step, p.total
+        self._observe(self.on_batch_progress, batch.jobs, p)
         if p.step > 2 and p.elapsed_s > 0:
             # Skip the first steps (prefill, warm-up) when measuring the model's speed.
             rate = p.elapsed_s / p.step
@@ -435,7 +456,8 @@ class Scheduler:
         batch.last_event = now
         for job in batch.jobs:
             self._emit(JobEvent(EventKind.PROGRESS, job.id, job.user_id, step=p.step, total=p.total,
-                                eta_s=(p.total - p.step) * (self._step_s or 0.0)))
+                                eta_s=(p.total - p.step) * (self._step_s or 0.0),
+                                message=self.handover.note(job.id)))
 
     async def _run_batch(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
@@ -466,6 +488,8 @@ class Scheduler:
             await asyncio.gather(*(self._finish(job, results.get(job.id, [])) for job in batch.jobs))
         finally:
             self._batches.remove(batch)
+            for job in batch.jobs:
+                self.handover.forget(job.id)
             self._wake.set()
 
     async def _stopped(self, batch: _Batch) -> None:
@@ -586,11 +610,22 @@ class Scheduler:
                 await sink.deliver(job, tracks)
             except Exception:  # noqa: BLE001 - retried; the row stays SENDING so a restart resends
                 log.exception("delivery of job %s failed (attempt %d)", job.id, attempt)
-                await asyncio.sleep(self.config.delivery_retry_s * attempt)
+                last = attempt == self.config.delivery_retries
+                self._observe(self.on_delivery, job, "failed" if last else "retried")
+                if not last:
+                    await asyncio.sleep(self.config.delivery_retry_s * attempt)
                 continue
             await self.store.set_delivery_state(job.id, DeliveryState.DELIVERED)
             job.delivery_state = DeliveryState.DELIVERED
+            self._observe(self.on_delivery, job, "delivered")
             return
+
+    @staticmethod
+    def _observe(hook: Callable, *args) -> None:
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001 - an operator's hook must never stop the queue
+            log.exception("scheduler hook failed")
 
     # -- events -------------------------------------------------------------------------------------------
 
@@ -605,5 +640,6 @@ class Scheduler:
                 log.exception("job event listener failed")
 
     def _emit_positions(self) -> None:
-        for i, job in enumerate(self._fair_order(), start=1):
-            self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id)))
+        for i, job in enumerate(self.handover.line(), start=1):
+            self._emit(JobEvent(EventKind.POSITION, job.id, job.user_id, position=i, eta_s=self.eta(job.id),
+                                message=self.handover.note(job.id)))

@@ -25,6 +25,7 @@ from bot.discord.cogs.verify import VerifyCog
 from bot.discord.cogs.vocals import VocalsCog
 from bot.discord.delivery import DiscordTransport, Messenger
 from bot.discord.status import StatusUpdater
+from bot.discord.ratelimits import rate_limit_trace
 from bot.discord.render import NO_PINGS
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class BandmateBot(commands.Bot):
         intents = discord.Intents.default()
         intents.message_content = message_content
         super().__init__(command_prefix=commands.when_mentioned, intents=intents, allowed_mentions=NO_PINGS,
-                         help_command=None)
+                         help_command=None, http_trace=rate_limit_trace(core.signals))
         self.core = core
         self.data_dir = data_dir
         self.guild_ids = guild_ids
@@ -99,10 +100,18 @@ class BandmateBot(commands.Bot):
             log.info("synced %d slash commands (%s)", len(payload), guild.id if guild else "global")
 
     async def on_ready(self) -> None:
+        self.core.signals.set_connected("discord", True)
         log.info("connected as %s (%s) to %d servers; invite: %s", self.user, self.user.id if self.user else "?",
                  len(self.guilds), invite_url(self.application_id) if self.application_id else "?")
 
+    async def on_resumed(self) -> None:
+        self.core.signals.set_connected("discord", True)
+
+    async def on_disconnect(self) -> None:
+        self.core.signals.set_connected("discord", False)
+
     async def close(self) -> None:
+        self.core.signals.set_connected("discord", False)
         self.core.disconnect_all()
         await super().close()
 

@@ -16,12 +16,14 @@ from redis.exceptions import ResponseError
 from generation.backend import GenerationCancelled
 from generation.jobs import Job, JobStore, TrackRecord
 from generation.atomic import write_atomic
+from generation.notices import ExecutorNotice, NoticeKind
 from generation.runner import MediaStore
 from generation.types import Progress
 
 log = logging.getLogger(__name__)
 from generation.remote.keys import BOT_CONSUMER, BOT_GROUP, CANCEL_POLL_S, CANCEL_TTL_S, FILE_KINDS, GENERIC_FAILURE, RedisSettings, RemoteJobFailed, StreamKeys, WORKERS_GROUP, connect, ensure_groups
 from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text
+from generation.remote.keys import drop_idle_connections, once_more_on_reconnect
 from generation.remote.wire import job_to_json, track_from_dict
 
 
@@ -37,6 +39,7 @@ class _Flight:
     progress: Callable[[Progress], None]
     entry_id: bytes | None = None  # its entry in the jobs stream, once added
     cancelling: bool = False
+    worker: str | None = None  # the worker that said it started the job, once one did
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RedisExecutor:
     `<prefix>:results`. Starts itself (connect, reconcile, read results) on first use, inside the event loop."""
 
     batch_limit = 1  # workers batch; the bot only keeps the order fair
+    reports_start = True  # a dispatched job waits in line at the workers until on_notice says STARTED
 
     def __init__(
         self,
@@ -99,6 +103,9 @@ class RedisExecutor:
         self.maintenance_s = maintenance_s
         self.on_capacity: Callable[[], None] = lambda: None
         self.signer = None  # generation/track_signing.py TrackSigner: set by the application to sign results
+        self.on_notice: Callable[[ExecutorNotice], None] = lambda notice: None  # set by the scheduler
+        self._outage = False  # an OUTAGE notice went out and no RECOVERED yet
+        self._connection_errors = 0  # in a row, at the results reader
         self.live_workers = 0
         self.redis = connect(url)
         self._inflight: dict[str, _Flight] = {}
@@ -125,6 +132,11 @@ class RedisExecutor:
     @property
     def window(self) -> int:
         return self.window_per_worker * max(1, self.live_workers)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to Redis and reconciled (the bot's readiness with remote workers)."""
+        return self._ready.is_set()
 
     def has_capacity(self) -> bool:
         self._ensure_started()
@@ -185,9 +197,12 @@ class RedisExecutor:
     async def _dispatch(self, flight: _Flight) -> None:
         """Add the job to the jobs stream, or adopt its entry when one is still there (bot restarted)."""
         async with self._dispatch_lock:
-            try:
+            async def send() -> None:
                 await self.redis.delete(self.keys.cancel(flight.job.id))
                 await self._add_unless_present(flight)
+
+            try:
+                await once_more_on_reconnect(self.redis, send)  # a pooled connection may have died with Redis
             except _CONNECTION_ERRORS as error:
                 log.warning("job %s: Redis unreachable (%s); it is sent when Redis is back", flight.job.id, error)
                 self._need_reconcile = True
@@ -250,8 +265,17 @@ class RedisExecutor:
             self._ready.set()
             if not was:
                 self.on_capacity()
+            if self._outage:
+                self._outage = False
+                self._notify(ExecutorNotice(NoticeKind.RECOVERED))
         else:
             self._ready.clear()
+
+    def _notify(self, notice: ExecutorNotice) -> None:
+        try:
+            self.on_notice(notice)
+        except Exception:  # noqa: BLE001 - a status must never stop the results reader
+            log.exception("notice callback failed")
 
     async def _supervise(self) -> None:
         """Reconcile when needed, then read results; on any Redis trouble, back off and reconcile again."""
@@ -262,6 +286,7 @@ class RedisExecutor:
                     if not self._ready.is_set():
                         log.info("Redis ready at the bot: %d jobs in flight, %d results kept", len(self._inflight),
                                  len(self._early))
+                        await drop_idle_connections(self.redis)  # those opened before an outage are dead
                     self._set_ready(True)
                     self._next_outage_log = 0.0
                 response = await self.redis.xreadgroup(BOT_GROUP, BOT_CONSUMER, {self.keys.results: ">"},
@@ -270,9 +295,19 @@ class RedisExecutor:
                     for entry_id, fields in entries:
                         await self._handle(entry_id, fields)
                 await self._maintain()
+                self._connection_errors = 0
             except asyncio.CancelledError:
                 raise
             except _CONNECTION_ERRORS as error:
+                self._connection_errors += 1
+                if self._connection_errors == 1 and self._ready.is_set():
+                    # Maybe only a dead pooled connection (Redis restarted): reconnect and try once more at once.
+                    log.debug("Redis connection error (%s); reconnecting once before calling it unreachable", error)
+                    await drop_idle_connections(self.redis)
+                    continue
+                if not self._outage:
+                    self._outage = True
+                    self._notify(ExecutorNotice(NoticeKind.OUTAGE))
                 now = time.monotonic()
                 if self._ready.is_set() or now >= self._next_outage_log:
                     self._next_outage_log = now + 60.0
@@ -366,7 +401,17 @@ class RedisExecutor:
         job_id = _text(fields.get(b"job_id"))
         worker = _text(fields.get(b"worker")) or "?"
         flight = self._inflight.get(job_id)
+        if kind == "started":  # a worker began it: a first start, or a takeover after its worker died
+            if flight is not None and not flight.future.done():
+                taken_over = flight.worker is not None and int(_text(fields.get(b"deliveries")) or 1) > 1
+                flight.worker = worker
+                self._notify(ExecutorNotice(NoticeKind.TAKEN_OVER if taken_over else NoticeKind.STARTED, (job_id,)))
+            await self._ack(entry_id)
+            return
         if kind == "progress":
+            if flight is not None and flight.worker is None and not flight.future.done():
+                flight.worker = worker  # a worker that does not say "started": its first progress does
+                self._notify(ExecutorNotice(NoticeKind.STARTED, (job_id,)))
             if flight is not None:
                 try:
                     flight.progress(Progress(step=int(fields[b"step"]), total=int(fields[b"total"]),

@@ -101,6 +101,25 @@ async def ensure_groups(client: aioredis.Redis, keys: StreamKeys) -> None:
                 raise
 
 
+async def drop_idle_connections(client: aioredis.Redis) -> None:
+    """Close the pool's idle connections: after Redis restarted they are dead, and the next command on one fails."""
+    try:
+        await client.connection_pool.disconnect(inuse_connections=False)
+    except Exception as error:  # noqa: BLE001 - closing a dead socket may fail; it is gone either way
+        log.debug("closing idle Redis connections: %s", error)
+
+
+async def once_more_on_reconnect(client: aioredis.Redis, command):
+    """Run `command()` (a coroutine function); on a connection error drop the idle connections and run it once
+    more. A second error is real (Redis is unreachable) and propagates."""
+    try:
+        return await command()
+    except _CONNECTION_ERRORS as error:
+        log.debug("Redis connection error (%s); reconnecting and retrying once", error)
+        await drop_idle_connections(client)
+        return await command()
+
+
 def _text(value: bytes | str | None) -> str:
     if value is None:
         return ""

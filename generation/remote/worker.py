@@ -7,8 +7,8 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections import OrderedDict
@@ -29,7 +29,8 @@ from generation.types import Progress
 
 log = logging.getLogger(__name__)
 from generation.remote.keys import CANCEL_POLL_S, DEAD_MAXLEN, FILE_KINDS, GENERIC_FAILURE, MODEL_FAILURE, OOM_FAILURE, PROGRESS_EVERY_S, RedisSettings, StreamKeys, WORKERS_GROUP, connect, ensure_groups
-from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text
+from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text, drop_idle_connections
+from generation.remote.scratch import make_scratch_dir, sweep_stale_scratch
 from generation.remote.wire import job_from_json, track_to_dict
 
 
@@ -87,6 +88,7 @@ class _Task:
     input: bytes | None = None
     input_ext: str = "flac"
     lost: bool = False  # the heartbeat found the entry no longer ours
+    publishing: bool = False  # its outcome is being published: the entry leaves the pending list on purpose
 
 
 class Worker:
@@ -110,8 +112,9 @@ class Worker:
                         "(%d ms), or live workers' jobs get taken over", self.heartbeat_s, self.claim_idle_ms)
         self.redis = connect(settings.redis_url)
         self.models = models or ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile)
-        self._scratch_dir = tempfile.TemporaryDirectory(prefix="bandmate-worker-")
-        self.scratch = ScratchStore(self._scratch_dir.name)
+        sweep_stale_scratch()  # what SIGKILLed workers on this host left behind
+        self._scratch_path = make_scratch_dir()
+        self.scratch = ScratchStore(self._scratch_path)
         self.runner = JobRunner(self.models, self.scratch, watermark=watermark)  # the bot signs on receipt
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
         self._held: dict[bytes, _Task] = {}  # entries this worker holds; the heartbeat keeps them claimed
@@ -125,6 +128,11 @@ class Worker:
         self._next_outage_log = 0.0
         self._published: OrderedDict[str, bytes] = OrderedDict()  # job id -> its result entry, the latest 1000
         self.batches_run = 0
+        self._connection_errors = 0  # in a row, in the main loop
+        self.ready = False  # its model is loaded and it takes jobs (the readiness endpoint reads it)
+        # The operator's hook (app/metrics.py): each progress report (model id, batch's first job id, progress).
+        self.on_progress: Callable[[str, str, Progress], None] = lambda model, batch, progress: None
+        self._batch_model = settings.model
 
     def stop(self) -> None:
         """Finish the batch being generated, then exit; entries not started stay in Redis for others."""
@@ -139,6 +147,7 @@ class Worker:
             log.info("worker %s loading %s", self.name, self.settings.model)
             await self._loop.run_in_executor(self._model_thread, self.models.get, self.settings.model)
             heartbeat = asyncio.create_task(self._heartbeat(), name="bandmate-worker-heartbeat")
+            self.ready = True
             log.info("worker %s ready (batches of up to %d rows)", self.name, self.max_batch)
             while not self._stopping.is_set():
                 try:
@@ -149,9 +158,14 @@ class Worker:
                         if self._stopping.is_set():
                             break  # not started: left in our pending list, others claim it after the idle time
                         await self._run_batch(batch)
+                    self._connection_errors = 0
                 except asyncio.CancelledError:
                     raise
                 except _CONNECTION_ERRORS as error:
+                    self._connection_errors += 1
+                    if self._connection_errors == 1:  # maybe a dead pooled connection: reconnect, try at once
+                        await drop_idle_connections(self.redis)
+                        continue
                     now = time.monotonic()
                     if now >= self._next_outage_log:
                         self._next_outage_log = now + 60.0
@@ -168,6 +182,7 @@ class Worker:
                     log.exception("worker %s: unexpected error", self.name)
                     await self._pause(1.0)
         finally:
+            self.ready = False
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -176,7 +191,7 @@ class Worker:
             await self._safely(self.redis.delete(self.keys.worker(self.name)))
             await self.redis.aclose()
             self._model_thread.shutdown(wait=True)
-            self._scratch_dir.cleanup()
+            shutil.rmtree(self._scratch_path, ignore_errors=True)
             log.info("worker %s stopped after %d batches", self.name, self.batches_run)
         return 0
 
@@ -336,6 +351,7 @@ class Worker:
         tasks = [t for t in tasks if t.job.id not in cancelled]
         if not tasks:
             return
+        await self._say_started(tasks)
         audios = await self._generate(tasks, cancelled)
         if audios is None:
             return
@@ -351,6 +367,17 @@ class Worker:
                 continue
             await self._publish(task, fields)
 
+    async def _say_started(self, tasks: list[_Task]) -> None:
+        """Tell the bot these jobs leave the line now (a delivery over 1: this worker takes over a dead one's)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task in tasks:
+                    pipe.xadd(self.keys.results, {"type": "started", "job_id": task.job.id, "worker": self.name,
+                                                  "deliveries": task.deliveries})
+                await pipe.execute()
+        except _CONNECTION_ERRORS as error:  # a status only: the job runs anyway
+            log.debug("start not announced: %s", error)
+
     async def _generate(self, tasks: list[_Task], cancelled: set[str]) -> dict[str, list] | None:
         """The model call, in the model thread. None when the outcome is already published (cancelled, failed,
         or split in two after running out of memory)."""
@@ -359,6 +386,7 @@ class Worker:
         split = False
         watcher = asyncio.create_task(self._watch_cancels(tasks, cancelled))
         started = time.monotonic()
+        self._batch_model = jobs[0].model
         log.info("worker %s: batch of %d (%s)", self.name, len(jobs), ", ".join(j.id for j in jobs))
         try:
             for task in tasks:  # continuation input: from the entry's bytes to a scratch file the runner reads
@@ -429,6 +457,7 @@ class Worker:
         """Add the outcome, acknowledge and delete the job entry: one transaction. Retried while Redis is away;
         if it never comes back in time, the entry stays pending and another worker redoes the job."""
         fields = {**fields, "job_id": task.job.id, "worker": self.name}
+        task.publishing = True  # from here the entry leaves our pending list on purpose: the heartbeat knows
         deadline = time.monotonic() + max(30.0, 2 * self.claim_idle_ms / 1000)
         while True:
             try:
@@ -478,6 +507,10 @@ class Worker:
         return report
 
     def _queue_progress(self, job_ids: list[str], progress: Progress) -> None:
+        try:
+            self.on_progress(self._batch_model, job_ids[0], progress)
+        except Exception:  # noqa: BLE001 - figures must never stop a batch
+            log.exception("progress hook failed")
         self._progress_latest = (job_ids, progress)
         if self._progress_task is None or self._progress_task.done():
             self._progress_task = asyncio.create_task(self._send_progress())
@@ -496,6 +529,21 @@ class Worker:
             except Exception as error:  # noqa: BLE001 - progress is best effort
                 log.debug("progress not sent: %s", error)
 
+    async def _warn_lost(self, task: _Task) -> None:
+        """Say truly why an entry is no longer ours: we go on, and the bot keeps whichever result comes first."""
+        holder = await self._holder_of(task.entry_id)
+        why = (f"worker {holder} took it over (this one was silent too long)" if holder
+               else "Redis no longer has it (restarted empty?)")
+        log.warning("worker %s: job %s (entry %s) is no longer held by this worker: %s. Finishing it anyway; the bot "
+                    "uses the first result that reaches it and drops any later one", self.name, task.job.id,
+                    _text(task.entry_id), why)
+
+    async def _holder_of(self, entry_id: bytes) -> str | None:
+        try:
+            return await _holder(self.redis, self.keys, entry_id)
+        except Exception:  # noqa: BLE001 - the warning still goes out
+            return None
+
     async def _heartbeat(self) -> None:
         """Keep this worker counted as live, and its held entries from looking idle to other workers."""
         ttl_ms = max(self.claim_idle_ms, int(3000 * self.heartbeat_s))
@@ -507,15 +555,20 @@ class Worker:
                     kept = await self._heartbeat_script(keys=[self.keys.jobs], args=[WORKERS_GROUP, self.name, *held])
                     for entry_id in set(held) - set(kept or []):
                         task = self._held.get(entry_id)
-                        if task is not None and not task.lost:  # taken over, or Redis restarted: carry on anyway
+                        # One being published left the pending list by our own hand (the race this skips).
+                        if task is not None and not task.lost and not task.publishing:
                             task.lost = True
-                            log.warning("worker %s: job %s (entry %s) is no longer ours in Redis; a duplicate "
-                                        "result is dropped by the bot", self.name, task.job.id, _text(entry_id))
+                            await self._warn_lost(task)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - a missed beat is retried at the next one
                 log.debug("heartbeat failed: %s", error)
             await asyncio.sleep(self.heartbeat_s)
+
+
+async def _holder(redis, keys: StreamKeys, entry_id: bytes) -> str | None:
+    pending = await redis.xpending_range(keys.jobs, WORKERS_GROUP, min=entry_id, max=entry_id, count=1)
+    return _text(pending[0]["consumer"]) if pending else None
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:
@@ -541,12 +594,16 @@ def plan_batches(tasks: list[_Task], max_batch: int) -> list[list[_Task]]:
     return batches
 
 
-async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None, watermark=None) -> int:
+async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None, watermark=None, *,
+                     observe: Callable[[Worker], None] | None = None) -> int:
     """`python bot.py worker`: one worker until SIGTERM/SIGINT (the batch being generated is finished first).
-    watermark: the AudioSeal watermarker (BANDMATE_WATERMARK=audioseal); each job brings the bot's message."""
+    watermark: the AudioSeal watermarker (BANDMATE_WATERMARK=audioseal); each job brings the bot's message.
+    observe: called with the worker before it starts (the wiring attaches its metrics)."""
     import signal
 
     worker = Worker(settings, models=models, watermark=watermark)
+    if observe is not None:
+        observe(worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
