@@ -19,6 +19,7 @@ from bot.housekeeping import Housekeeping
 from bot.planner import CoreConfig, Planner
 from bot.presets import PresetService
 from bot.privacy import PrivacyService
+from generation.decoder_executor import DecoderExecutor, DecoderOptions
 from generation.local_executor import LocalExecutor
 from generation.models import ModelRegistry, model_info
 from generation.runner import JobRunner
@@ -42,6 +43,13 @@ def build_models(settings: Settings) -> ModelRegistry:
 
     return ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
                          threads=settings.torch_threads, setting_for=setting_for)
+
+
+def local_decoder_executor(settings: Settings, runner: JobRunner) -> DecoderExecutor:
+    """The decoder executor: S slots from BANDMATE_MAX_BATCH (fewer on a GPU short of memory), CUDA graphs unless
+    BANDMATE_CUDA_GRAPHS=0."""
+    return DecoderExecutor(runner, DecoderOptions(slots=settings.max_batch,
+                                                  cuda_graphs=None if settings.cuda_graphs else False))
 
 
 def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
@@ -72,12 +80,16 @@ class Application:
             from generation.remote import RedisExecutor
 
             self.executor = RedisExecutor.from_settings(settings, self.files, self.store)
+        elif settings.decoder == "slots":  # the engine's own decoder: text jobs join running ones at the next step
+            self.executor = local_decoder_executor(settings, JobRunner(self.models, self.files))
         else:
             self.executor = LocalExecutor(JobRunner(self.models, self.files))
         self.scheduler = Scheduler(
             self.store, self.executor,
             SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,
-                            max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s),
+                            max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s,
+                            # single jobs join free slots at once: nothing to gather
+                            gather_s=0.0 if isinstance(self.executor, DecoderExecutor) else SchedulerConfig.gather_s),
             remove_files=self._remove_files, model_info=model_info)
         config = core_config(settings, operator=operator)
         fingerprints = Fingerprints(TasteStore(self.db))
