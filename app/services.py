@@ -119,6 +119,8 @@ class Application:
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
         if self.settings.redis_url:  # [redis scale-out] the workers load the model (`python bot.py worker`)
             return None
+        if isinstance(self.executor, DecoderExecutor):  # the model and its decoder's slots, before the first job
+            return await self.executor.in_model_thread(self.executor.prepare, self.settings.model)
         return await self.executor.in_model_thread(self.models.get, self.settings.model)
 
     async def start(self) -> "Application":

@@ -159,6 +159,12 @@ class DecoderExecutor:
         except Exception:  # noqa: BLE001 - an unreadable model id fails on the plain path with its own message
             return False
 
+    def prepare(self, model_id: str):
+        """Load the model and build its decoder now (call in the model thread: `in_model_thread(prepare, id)`),
+        so the first job does not pay for it; returns the loaded backend."""
+        self._decoder_for(model_id)
+        return self.runner.backend_for(model_id)
+
     def _decoder_for(self, model_id: str):
         """The model's decoder, built in the model thread on first use (loading the model if need be)."""
         if model_id in self._decoders or model_id in self._plain:
