@@ -102,8 +102,13 @@ class DecoderExecutor:
 
     # -- the Executor protocol ----------------------------------------------------------------------------------
 
+    @property
+    def slots(self) -> int:
+        """S: the options' slots, or fewer where a GPU's memory sized a decoder smaller."""
+        return min([self.options.slots] + [d.decoder.slots for d in list(self._decoders.values())])
+
     def has_capacity(self) -> bool:
-        return self._blocking == 0 and self._reserved_rows < self.options.slots
+        return self._blocking == 0 and self._reserved_rows < self.slots
 
     def active_job_ids(self) -> list[str]:
         """Jobs submitted to a decoder and not yet finished (queued in it or running)."""
@@ -152,7 +157,7 @@ class DecoderExecutor:
         """Text jobs of a MusicGen model that fit the slots; a request with input audio (audio-to-audio) does not."""
         if job.kind is not JobKind.TEXT or job.input_audio is not None and job.spec.strength is not None:
             return False
-        if job.rows > self.options.slots or job.model in self._plain:
+        if job.rows > self.slots or job.model in self._plain:
             return False
         try:
             return self.info_for(job.model).family is Family.MUSICGEN
@@ -188,7 +193,9 @@ class DecoderExecutor:
 
     async def _decode(self, job: Job, progress: Callable[[Progress], None],
                       should_stop: Callable[[], bool]) -> list[Audio]:
-        decoder = self._decoders[job.model]
+        decoder = self._decoders.get(job.model)
+        if decoder is None:  # a failed step dropped it a moment ago: a fresh one
+            decoder = await self.in_model_thread(self._decoder_for, job.model)
         request: GenerationRequest = self.runner.text_request(job, decoder)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
