@@ -166,6 +166,27 @@ def report(name: str, seconds: float, users: int, wall: float, latencies: list[f
     return throughput
 
 
+def staggered_only(args, backend, model_thread, on_model, best) -> int:
+    """The decoder's figures for arrivals one by one: a single job, then 4 users one every --stagger s."""
+    on_model(raw, backend, args.seconds, 4)  # warm up
+    serial_wall, serial_lat = best(lambda: on_model(run_serial, backend, args.seconds, 1))
+    queue_wall, queue_lat = best(lambda: asyncio.run(run_queue(backend, args.seconds, 1, max_batch=8,
+                                                               model_thread=model_thread, decoder=True)))
+    report("serial baseline", args.seconds, 1, serial_wall, serial_lat)
+    report("queue (decoder slots)", args.seconds, 1, queue_wall, queue_lat)
+    serial4 = best(lambda: on_model(run_serial, backend, args.seconds, 4, args.stagger))
+    queue4 = best(lambda: asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger,
+                                                model_thread=model_thread, decoder=True)))
+    s = report(f"serial, one every {args.stagger:g} s", args.seconds, 4, *serial4)
+    q = report(f"queue, one every {args.stagger:g} s", args.seconds, 4, *queue4)
+    print(f"queue_vs_serial_1user: {queue_wall / serial_wall:.2f}  (goal <= 1.05)")
+    print(f"staggered_vs_serial_4users: {q / s:.2f}")
+    print(f"staggered_p50_s: {statistics.median(queue4[1]):.2f} (serial {statistics.median(serial4[1]):.2f})")
+    print(f"staggered_p95_s: {percentile(queue4[1], 0.95):.2f} (serial {percentile(serial4[1], 0.95):.2f})")
+    model_thread.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -178,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                              "are measurably faster on these CPUs, so one run each would favour whichever goes first)")
     parser.add_argument("--decoder", action="store_true",
                         help="run the queue with the engine's own decoder (slots; the bot's default)")
+    parser.add_argument("--staggered-only", action="store_true",
+                        help="with --decoder: only queue_vs_serial_1user and the staggered 4-user figures (a short run)")
     args = parser.parse_args(argv)
     decoder = args.decoder
     # Every torch call of this process runs on this one thread, as in the bot (see LocalExecutor): a baseline on the
@@ -190,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = on_model(random_backend, args.quick, args.device, args.dtype)
     print(f"model: {'quick' if args.quick else 'musicgen-small'} shape on {backend.device} {backend.dtype}; "
           f"{args.seconds:g} s clips, guidance 3; all torch work on one thread")
-    on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
-
     def best(fn):
         """The fastest of --repeats runs of fn() -> (wall, latencies) or wall."""
         runs = [fn() for _ in range(args.repeats)]
         return min(runs, key=lambda r: r[0] if isinstance(r, tuple) else r)
+
+    if decoder and args.staggered_only:
+        return staggered_only(args, backend, model_thread, on_model, best)
+    on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
 
     t1, t4, t8 = (best(lambda n=n: on_model(raw, backend, args.seconds, n)) for n in (1, 4, 8))
     r4, r8 = 4 * t1 / t4, 8 * t1 / t8
