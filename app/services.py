@@ -18,6 +18,7 @@ from bot.guild_settings import BotLimits, ServerSettings
 from bot.housekeeping import Housekeeping
 from bot.planner import CoreConfig, Planner
 from bot.presets import PresetService
+from bot.rate_limit import RateLimit
 from bot.privacy import PrivacyService
 from generation.decoder_executor import DecoderExecutor, DecoderOptions
 from generation.local_executor import LocalExecutor
@@ -54,13 +55,13 @@ def local_decoder_executor(settings: Settings, runner: JobRunner) -> DecoderExec
 
 def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
     """The core's limits from the settings. `operator`: the console and the command line are the operator's own
-    tools on their own machine, so the per-member fairness limits (cooldown, daily quota) do not apply there."""
+    tools on their own machine, so the per-member fairness limits (rate limit, daily quota) do not apply there."""
     config = CoreConfig(default_model=settings.model, melody_model=settings.melody_model,
                         models=tuple(settings.extra_models), max_duration_s=settings.max_duration_s,
-                        max_upload_bytes=settings.max_upload_mb * 1024 * 1024, cooldown_s=settings.cooldown_s,
-                        daily_quota=settings.daily_quota)
+                        max_upload_bytes=settings.max_upload_mb * 1024 * 1024, daily_quota=settings.daily_quota,
+                        rate_limit=RateLimit(settings.rate_burst, settings.rate_per_min))
     if operator:
-        config = dataclasses.replace(config, cooldown_s=0.0, daily_quota=UNLIMITED)
+        config = dataclasses.replace(config, rate_limit=RateLimit.off(), daily_quota=UNLIMITED)
     return config
 
 

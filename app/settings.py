@@ -3,6 +3,7 @@ fault. No other module reads the environment."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Mapping
 
 DEFAULT_MODEL = "facebook/musicgen-small"
 DEFAULT_MELODY_MODEL = "facebook/musicgen-melody"
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
@@ -53,6 +56,24 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _rate_limit(env: Mapping[str, str]) -> tuple[int, float]:
+    """BANDMATE_RATE_BURST and BANDMATE_RATE_PER_MIN; for one release the old BANDMATE_COOLDOWN_S still works,
+    read as a bucket of one that refills every cooldown (and says what replaces it)."""
+    burst = _int(env, "BANDMATE_RATE_BURST", 3, 1, 1000)
+    per_min = _float(env, "BANDMATE_RATE_PER_MIN", 6.0, 0.0, 100_000.0)
+    if not env.get("BANDMATE_COOLDOWN_S", "").strip():
+        return burst, per_min
+    cooldown = _float(env, "BANDMATE_COOLDOWN_S", 0.0, 0.0, 3600.0)
+    if env.get("BANDMATE_RATE_BURST", "").strip() or env.get("BANDMATE_RATE_PER_MIN", "").strip():
+        log.warning("BANDMATE_COOLDOWN_S is ignored: BANDMATE_RATE_BURST / BANDMATE_RATE_PER_MIN replace it")
+        return burst, per_min
+    burst, per_min = 1, (60.0 / cooldown if cooldown > 0 else 0.0)
+    log.warning("BANDMATE_COOLDOWN_S is deprecated and goes in the next release; it is read as "
+                "BANDMATE_RATE_BURST=%d BANDMATE_RATE_PER_MIN=%g. Set those instead (shipped: 3 and 6).",
+                burst, per_min)
+    return burst, per_min
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")
@@ -71,7 +92,8 @@ class Settings:
     job_timeout_s: float = 900.0
     max_duration_s: float = 30.0
     max_upload_mb: int = 25
-    cooldown_s: float = 5.0
+    rate_burst: int = 3  # requests one user may start at once ...
+    rate_per_min: float = 6.0  # ... then this many a minute (0: no limit); over it, requests wait their turn
     voting_window_s: float = 3600.0
     daily_quota: int = 200
     discord_token: str | None = field(default=None, repr=False)  # never printed
@@ -93,6 +115,7 @@ class Settings:
                 if not part.strip().isdigit():
                     raise SettingsError(f"DISCORD_GUILD_IDS must be comma-separated numeric ids, got {part.strip()!r}")
                 guilds.append(int(part.strip()))
+        burst, per_min = _rate_limit(env)
         return cls(
             data_dir=Path(env.get("BANDMATE_DATA", "").strip() or "data"),
             model=env.get("BANDMATE_MODEL", "").strip() or DEFAULT_MODEL,
@@ -110,7 +133,8 @@ class Settings:
             job_timeout_s=_float(env, "BANDMATE_JOB_TIMEOUT_S", 900.0, 1.0, 86_400.0),
             max_duration_s=_float(env, "BANDMATE_MAX_DURATION_S", 30.0, 1.0, 300.0),
             max_upload_mb=_int(env, "BANDMATE_MAX_UPLOAD_MB", 25, 1, 500),
-            cooldown_s=_float(env, "BANDMATE_COOLDOWN_S", 5.0, 0.0, 3600.0),
+            rate_burst=burst,
+            rate_per_min=per_min,
             voting_window_s=_float(env, "BANDMATE_VOTING_WINDOW_S", 3600.0, 1.0, 30 * 86_400.0),
             daily_quota=_int(env, "BANDMATE_DAILY_QUOTA", 200, 1, 1_000_000),
             discord_token=env.get("DISCORD_TOKEN", "").strip() or None,

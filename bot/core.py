@@ -285,16 +285,24 @@ class Bandmate:
         return bool(self.scheduler.depth or self.scheduler.running_jobs())
 
     def queued_text(self, job: Job) -> str:
-        return views.queued_text(job, self.scheduler.position(job.id), self.scheduler.eta(job.id))
+        return views.queued_text(job, self.scheduler.position(job.id), self.scheduler.eta(job.id), self.clock())
 
     def first_status(self, job: Job) -> str:
         """The status message of a job just queued: its place in line and when it should be ready."""
         event = JobEvent(EventKind.QUEUED, job.id, job.user_id, position=self.scheduler.position(job.id),
                          eta_s=self.scheduler.eta(job.id))
-        return views.status_text(job, event)
+        return views.status_text(job, event, self.clock())
 
     def status_text(self, job: Job, event: JobEvent) -> str:
-        return views.status_text(job, event)
+        return views.status_text(job, event, self.clock())
+
+    def delivered_status(self, job: Job, guild_id: str | None, channel_id: str, message_id: str) -> str:
+        """A status message's final text once the result is posted: delivered, with a link to it."""
+        return views.delivered_text(job, views.result_link(guild_id, channel_id, message_id))
+
+    def failed_status(self, job: Job) -> str:
+        """A status message's final text for a failed or cancelled job."""
+        return views.failed_text(job)
 
     async def fit_files(self, items: list[FileItem], limit: int) -> FittedFiles:
         """A result's files within `limit` bytes a message, re-encoded from the masters where needed."""

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Callable
 
 from bot.grammar import PromptEdit, apply_edit
+from bot.rate_limit import RateLimit, RateLimiter
 from bot.request import Refusal, Request, Requester, Upload, UploadInfo
 from bot.words import clean_prompt, human_seconds
 from generation.jobs import Job, JobKind, Operation, TrackRecord
@@ -52,7 +53,8 @@ class CoreConfig:
     max_total_s: float = 300.0
     max_variations: int = MAX_VARIATIONS
     max_prompt_chars: int = 300
-    cooldown_s: float = 5.0
+    rate_limit: RateLimit = RateLimit()  # per user: a burst, then so many a minute; over it requests wait
+    cooldown_s: float | None = None  # deprecated (one release): a flat cooldown, read as a bucket of one
     daily_quota: int = 200  # jobs a user may submit in 24 h
     max_upload_bytes: int = 25 * 1024 * 1024
     max_upload_s: float = 300.0
@@ -74,6 +76,7 @@ class Plan:
     existing: Job | None = None  # the idempotency key already made this job: submit returns it
     upload_use: UploadUse | None = None
     taste: tuple[str, TrackRecord] | None = None  # (operation, parent track): a taste signal once queued
+    rate_limited: bool = True  # False for follow-ups on one's own result: they never wait for the rate limit
 
     def delivered_to(self, delivery) -> "Plan":
         return dataclasses.replace(self, request=self.request.delivered_to(delivery))
@@ -93,17 +96,15 @@ class Planner:
         self.server_settings = server_settings
         self.fingerprints = fingerprints
         self.clock = clock
-        self._last_compose: dict[str, float] = {}
+        limit = config.rate_limit if config.cooldown_s is None else RateLimit.from_cooldown(config.cooldown_s)
+        self.rate = RateLimiter(limit, clock)
 
     # -- checks -------------------------------------------------------------------------------------------
 
     async def check_quota(self, who: Requester) -> None:
-        """Cooldown between requests and a daily quota, each with when the user can go again."""
+        """The daily quota, with when the user can go again. (The rate limit refuses nothing: `submit` holds a
+        request over it until its start time.)"""
         now = self.clock()
-        last = self._last_compose.get(who.user_id)
-        if last is not None and now - last < self.config.cooldown_s:
-            wait = self.config.cooldown_s - (now - last)
-            raise Refusal(f"Easy there! You can make another piece in {human_seconds(max(1, wait))}.")
         used = await self.links.jobs_since(who.user_id, now - 86_400)
         if used >= self.config.daily_quota:
             raise Refusal(f"You've made {used} pieces in the last 24 hours, the limit here. "
@@ -239,7 +240,8 @@ class Planner:
             job.prompt = clean_prompt(blended.prompt, self.config.max_prompt_chars)
             job.spec.blended = tuple(blended.added)
         await self.check_quota(who)
-        return Plan(request, job, taste=(operation.value, parent))
+        own = (parent_job.user_id if parent_job is not None else parent.user_id) == who.user_id
+        return Plan(request, job, taste=(operation.value, parent), rate_limited=not own)
 
     async def plan_extend_to(self, request: Request, track_id: str, total_s: float) -> Plan:
         """/extend: make a track this long in all (up to 5 minutes), window by window, as one file."""
@@ -316,11 +318,19 @@ class Planner:
                     raise Refusal(f"That would make it {human_seconds(seconds + job.duration_s)} long; the limit "
                                   f"is {human_seconds(self.config.max_total_s)}.")
                 job.spec.source_s = seconds  # long continuations run window by window
+        reservation = self.rate.reserve(plan.request.who.user_id) if plan.rate_limited else None
+        if reservation is not None and reservation.delay_s > 0:
+            job.spec.not_before = reservation.start_at  # stored with the job: a restart keeps the wait
         try:
             stored = await self.scheduler.submit(job)
-        except QueueRefused as error:
-            raise Refusal(error.user_message) from None
-        self._last_compose[plan.request.who.user_id] = self.clock()
+        except BaseException as error:
+            if reservation is not None:
+                self.rate.release(reservation)
+            if isinstance(error, QueueRefused):
+                raise Refusal(error.user_message) from None
+            raise
+        if reservation is not None and stored.id != job.id:  # the same request again: it took no new slot
+            self.rate.release(reservation)
         if plan.taste is not None and self.fingerprints is not None and stored.id == job.id:
             operation, parent = plan.taste
             await self.fingerprints.record(plan.request.who.user_id, operation, parent)

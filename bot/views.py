@@ -29,17 +29,52 @@ def _where(position: int | None) -> str:
     return "up next" if position in (None, 1) else f"#{position} in line"
 
 
-def queued_text(job: Job, position: int | None, eta_s: float | None) -> str:
+RATE_NOTE = "the rate limit here: a few at once, then a few a minute"
+
+
+def held_s(job: Job, now: float | None) -> float | None:
+    """Seconds until a job held back by its user's rate limit may start (None: not held)."""
+    if now is None or job.spec.not_before is None or job.spec.not_before - now < 0.5:
+        return None
+    return job.spec.not_before - now
+
+
+def queued_text(job: Job, position: int | None, eta_s: float | None, now: float | None = None) -> str:
+    held = held_s(job, now)
+    if held is not None:  # over the rate limit: queued all the same, to start at its time
+        return (f"{_DOING.get(job.operation, 'Composing')}: {user(job.prompt)} — queued, starts in "
+                f"{human_seconds(held)} ({RATE_NOTE}).")
     eta = f", ready in about {human_seconds(eta_s)}" if eta_s else ""
     return f"{_DOING.get(job.operation, 'Composing')}: {user(job.prompt)} — {_where(position)}{eta}."
 
 
-def status_text(job: Job, event: JobEvent) -> str:
+def result_link(guild_id: str | None, channel_id: str, message_id: str) -> str:
+    """A link that opens a posted message (guild messages under the guild, DMs under @me)."""
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def delivered_text(job: Job, link: str) -> str:
+    """A status message's last word when the result went out."""
+    return f"🎼 **{user(short(job.prompt, 80))}**\n✅ delivered: {link}"
+
+
+def failed_text(job: Job) -> str:
+    """A status message's last word when the job failed or was cancelled."""
+    head = f"🎼 **{user(short(job.prompt, 80))}**"
+    if job.state is JobState.CANCELLED:
+        return f"{head}\n🚫 cancelled"
+    return f"{head}\n❌ {job.error or 'failed'}"
+
+
+def status_text(job: Job, event: JobEvent, now: float | None = None) -> str:
     head = f"🎼 **{user(short(job.prompt, 80))}**"
     if event.kind is EventKind.PROGRESS and event.total:
         left = f" · about {human_seconds(event.eta_s)} left" if event.eta_s else ""
         part = f" · {event.message}" if event.message else ""  # a long extend: "window 2 of 5"
         return f"{head}\n`{progress_bar(event.step, event.total)}` {100 * event.step // event.total}%{part}{left}"
+    held = held_s(job, now)
+    if event.kind in (EventKind.QUEUED, EventKind.POSITION) and held is not None:
+        return f"{head}\n⏳ queued, starts in {human_seconds(held)} ({RATE_NOTE})"
     if event.kind in (EventKind.QUEUED, EventKind.POSITION):
         eta = f" · ready in about {human_seconds(event.eta_s)}" if event.eta_s else ""
         note = f"\n{event.message}" if event.message else ""

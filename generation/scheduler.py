@@ -326,8 +326,20 @@ class Scheduler:
     def _compatible(self, head: Job, other: Job, durations: list[float]) -> bool:
         return batch_compatible(head, other, durations, self.config.padding_waste, self.model_info)
 
+    def _not_before(self, job: Job) -> float | None:
+        """When a job may start (its user's rate limit, `JobSpec.not_before`); a chain's windows wait with it."""
+        owner = self._chains.owners.get(self._chains.request_id(job.id)) if job.spec.window else None
+        return (owner or job).spec.not_before
+
+    def _next_due_in(self) -> float | None:
+        """Seconds until the next held job may start (None: none is held)."""
+        now = time.time()
+        times = [t for t in (self._not_before(j) for q in self._queued.values() for j in q) if t and t > now]
+        return min(times) - now if times else None
+
     def _next_batch(self) -> list[Job]:
-        order = self._fair_order()
+        now = time.time()
+        order = [j for j in self._fair_order() if (self._not_before(j) or 0.0) <= now]  # held jobs wait their time
         if not order:
             return []
         head = order[0]
@@ -374,7 +386,11 @@ class Scheduler:
             if self._closing:  # stop() may have woken us during the gathering sleep
                 break
             self._wake.clear()
-            await self._wake.wait()
+            due_in = self._next_due_in()
+            try:
+                await asyncio.wait_for(self._wake.wait(), due_in + 0.01 if due_in is not None else None)
+            except asyncio.TimeoutError:  # a held job's time came: it now waits in line like any other
+                self._emit_positions()
 
     async def _start_batch(self, jobs: list[Job]) -> None:
         now = time.time()

@@ -49,10 +49,11 @@ class JobSpec:
     melody_model: str | None = None
     chain: ChainPlan | None = None
     window: WindowRef | None = None
+    not_before: float | None = None  # epoch seconds: the job starts no earlier (its user's rate limit)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in ("source_s", "steps", "strength", "negative_prompt", "melody_model"):
+        for name in ("source_s", "steps", "strength", "negative_prompt", "melody_model", "not_before"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -82,6 +83,7 @@ class JobSpec:
         spec.strength = _number(data.get("strength"))
         spec.negative_prompt = _string(data.get("negative_prompt"))
         spec.melody_model = _string(data.get("melody_model"))
+        spec.not_before = _number(data.get("not_before"))
         blended = data.get("blended")
         if isinstance(blended, (list, tuple)):
             spec.blended = tuple(str(t) for t in blended)

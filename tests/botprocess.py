@@ -43,7 +43,7 @@ class BotProcess:
                "DISCORD_GATEWAY_URL": str(self.fake.gateway_url), "DISCORD_GUILD_IDS": str(self.fake.guild.id),
                "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(self.data), "HF_HUB_OFFLINE": "1",
                "PYTHONUNBUFFERED": "1", "BANDMATE_LOG_LEVEL": "info",
-               "BANDMATE_COOLDOWN_S": "0", "BANDMATE_TORCH_THREADS": "1", "BANDMATE_MELODY_MODEL": str(TINY_MELODY),
+               "BANDMATE_RATE_PER_MIN": "0", "BANDMATE_TORCH_THREADS": "1", "BANDMATE_MELODY_MODEL": str(TINY_MELODY),
                **self.extra_env}
         self.lines = []
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=self.data, env=env,
@@ -100,3 +100,19 @@ async def running_bot(fake, data: Path, **env: str):
     yield process
     assert await process.stop() == 0, "\n".join(process.lines[-30:])
     assert "Traceback" not in "\n".join(process.lines), "\n".join(process.lines)
+
+
+# Where things are, not how the bot behaves: these stay the test's own even with the shipped settings.
+_NOT_LIMITS = {"BANDMATE_MODEL", "BANDMATE_MELODY_MODEL", "BANDMATE_DATA", "BANDMATE_TORCH_THREADS",
+               "BANDMATE_DEVICE", "BANDMATE_LOG_LEVEL"}
+
+
+def shipped_settings() -> dict[str, str]:
+    """The limits and queue settings `.env.example` ships, as a new operator runs them: pass them to
+    `running_bot` (they win over the relaxed test ones) to test what people actually meet."""
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("BANDMATE_") and value.strip() and key not in _NOT_LIMITS:
+            values[key] = value.strip()
+    return values

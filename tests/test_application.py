@@ -8,6 +8,7 @@ import pytest
 
 from app.services import Application, core_config
 from app.settings import Settings
+from bot.rate_limit import RateLimit
 from generation.atomic import TEMP_PREFIX, write_atomic
 
 pytestmark = pytest.mark.asyncio
@@ -29,8 +30,9 @@ async def test_start_sweeps_leftover_writes_and_close_is_idempotent(tmp_path, ti
 
 
 def test_the_operator_s_own_tools_skip_member_fairness_limits():
-    settings = Settings.from_env({"BANDMATE_COOLDOWN_S": "5", "BANDMATE_DAILY_QUOTA": "10"})
+    settings = Settings.from_env({"BANDMATE_RATE_BURST": "2", "BANDMATE_RATE_PER_MIN": "5",
+                                  "BANDMATE_DAILY_QUOTA": "10"})
     member, operator = core_config(settings), core_config(settings, operator=True)
-    assert (member.cooldown_s, member.daily_quota) == (5.0, 10)
-    assert operator.cooldown_s == 0 and operator.daily_quota > 10**6
-    assert dataclasses.replace(operator, cooldown_s=5.0, daily_quota=10) == member  # nothing else differs
+    assert (member.rate_limit, member.daily_quota) == (RateLimit(2, 5.0), 10)
+    assert not operator.rate_limit.enabled and operator.daily_quota > 10**6
+    assert dataclasses.replace(operator, rate_limit=RateLimit(2, 5.0), daily_quota=10) == member  # nothing else

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_an_empty_environment_gives_the_documented_defaults():
     settings = Settings.from_env({})
     assert settings == Settings()
-    assert settings.model == DEFAULT_MODEL and settings.max_batch == 4 and settings.cooldown_s == 5.0
+    assert settings.model == DEFAULT_MODEL and settings.max_batch == 4 and (settings.rate_burst, settings.rate_per_min) == (3, 6.0)
     assert settings.discord_token is None and settings.redis_url is None
     assert settings.db_path == Path("data") / "bandmate.db"
 

@@ -12,7 +12,8 @@ from typing import Awaitable, Callable
 import discord
 
 from bot.core import Bandmate, Refusal, Request, Requester, Upload
-from bot.discord.delivery import DiscordDelivery, StatusUpdater
+from bot.discord.delivery import DiscordDelivery
+from bot.discord.status import StatusUpdater
 from bot.discord.render import NO_PINGS, build_view, render
 from bot.messages import ButtonKind
 from bot.planner import Plan
@@ -88,11 +89,7 @@ class InteractionJobs:
             await interaction.delete_original_response()
             await answer(interaction, refusal.user_message)
             return None
-        self.status.watch(job)
-        try:
-            await self.status.messenger.edit(job, status_id, render(self.core.first_status(job)))
-        except discord.HTTPException as error:
-            log.info("could not write the first status of job %s: %s", job.id, error)
+        self.status.watch(job, self.core.first_status(job))  # the first edit of the status message's stream
         return job
 
 

@@ -8,7 +8,6 @@ guard: see the README for the window that remains.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -22,14 +21,13 @@ from bot.discord.render import NO_PINGS, build_view, render
 from bot.messages import OutgoingMessage
 from bot.text import mention
 from bot.views import THREAD_INVITE
-from generation.events import EventKind, JobEvent
+from generation.events import JobEvent
 from generation.jobs import DeliveryAddress, Job
 
 log = logging.getLogger(__name__)
 
 SINK = "discord"
 TOKEN_MARGIN_S = 30.0  # stop using a token this long before Discord's 15 minutes are up
-STATUS_INTERVAL_S = 2.0  # at most one edit per status message in this time
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,12 @@ class DiscordDelivery:
         known = {f.name for f in dataclasses.fields(cls)}
         data: dict[str, Any] = {k: v for k, v in job.delivery.fields.items() if k in known}
         return cls(**{"channel_id": str(job.channel_id or ""), **data})
+
+
+def only_user(user_id: str) -> discord.AllowedMentions:
+    """Mentions that ping this one user and nobody else (no @everyone, roles or reply pings)."""
+    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                   users=[discord.Object(id=int(user_id))])
 
 
 def nonce_for(job: Job, part: int = 0) -> str:
@@ -85,7 +89,9 @@ class Messenger:
         return False
 
     async def send(self, job: Job, content: str, *, files: list[discord.File], view: discord.ui.View | None,
-                   part: int) -> discord.Message:
+                   part: int, ping: str | None = None) -> discord.Message:
+        """`ping`: a user id. A result sent as a channel message (no usable interaction token) pings them, and
+        only them, since nothing else tells them it is there; every other message pings nobody."""
         d = DiscordDelivery.of(job)
         kwargs = {"files": files, "allowed_mentions": NO_PINGS}
         if view is not None:
@@ -98,6 +104,8 @@ class Messenger:
                     raise
                 for f in files:
                     f.reset()
+        if ping is not None and ping.isdigit():
+            kwargs["allowed_mentions"] = only_user(ping)
         return await self.channel(int(d.channel_id)).send(content, nonce=nonce_for(job, part), **kwargs)
 
     async def edit(self, job: Job, message_id: int, content: str, view: discord.ui.View | None = None) -> None:
@@ -114,76 +122,13 @@ class Messenger:
         await channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS, **kwargs)
 
 
-@dataclass
-class _Status:
-    job: Job | None = None
-    latest: JobEvent | None = None
-    last_edit: float = 0.0
-    task: asyncio.Task | None = None
-    closed: bool = False
-
-
-class StatusUpdater:
-    """Edits each job's status message with its queue position and a progress bar, throttled per message."""
-
-    def __init__(self, core: Bandmate, messenger: Messenger) -> None:
-        self.core = core
-        self.messenger = messenger
-        self._status: dict[str, _Status] = {}
-
-    def watch(self, job: Job) -> None:
-        """A job whose status message was just written by the caller: the next edit waits its turn."""
-        status = self._status.setdefault(job.id, _Status())
-        status.job = job
-        status.last_edit = time.monotonic()
-
-    def on_event(self, event: JobEvent) -> None:
-        if event.kind is EventKind.QUEUED:
-            return  # whoever queued the job writes its first status text
-        status = self._status.get(event.job_id)
-        if status is None:
-            status = self._status[event.job_id] = _Status()
-        if status.closed:
-            return
-        status.latest = event
-        if status.task is None or status.task.done():
-            status.task = asyncio.ensure_future(self._flush(event.job_id))
-
-    async def _flush(self, job_id: str) -> None:
-        status = self._status[job_id]
-        if status.job is None:
-            status.job = await self.core.job(job_id)
-        job = status.job
-        if job is None or job.delivery.sink != SINK or not DiscordDelivery.of(job).status_message_id:
-            self._status.pop(job_id, None)
-            return
-        status_id = int(DiscordDelivery.of(job).status_message_id)
-        while status.latest is not None:
-            event = status.latest
-            final = event.kind.final
-            wait = status.last_edit + STATUS_INTERVAL_S - time.monotonic()
-            if wait > 0 and not final:
-                await asyncio.sleep(wait)
-                event = status.latest
-                final = event.kind.final
-            status.latest = None
-            try:
-                await self.messenger.edit(job, status_id, render(self.core.status_text(job, event)))
-            except discord.HTTPException as error:
-                log.info("could not update the status of job %s: %s", job_id, error)
-            status.last_edit = time.monotonic()
-            if final:
-                status.closed = True
-                self._status.pop(job_id, None)
-                return
-
-
 class DiscordTransport:
     """The core's `Transport` on Discord: results as messages with files and buttons, a thread to carry on in."""
 
     name = SINK
 
-    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger, status: StatusUpdater) -> None:
+    def __init__(self, bot: discord.Client, core: Bandmate, messenger: Messenger, status) -> None:
+        """status: the StatusUpdater (bot/discord/status.py) that writes each status message's edits in order."""
         self.bot = bot
         self.core = core
         self.messenger = messenger
@@ -194,11 +139,10 @@ class DiscordTransport:
 
     async def post_failure(self, job: Job, message: OutgoingMessage) -> None:
         d = DiscordDelivery.of(job)
-        text = render(message.text)
-        if d.status_message_id:
-            await self.messenger.edit(job, int(d.status_message_id), text)
+        if d.status_message_id:  # the status message's last word: failed (with the reason) or cancelled
+            await self.status.finish(job, self.core.failed_status(job))
         else:
-            await self.messenger.send(job, text, files=[], view=None, part=0)
+            await self.messenger.send(job, render(message.text), files=[], view=None, part=0)
 
     async def post_result(self, job: Job, message: OutgoingMessage) -> None:
         d = DiscordDelivery.of(job)
@@ -212,7 +156,8 @@ class DiscordTransport:
                 try:
                     content = text if part == 0 else f"(continued, part {part + 1})"
                     view = build_view(message.buttons) if part == 0 else None
-                    sent = await self.messenger.send(job, content, files=files, view=view, part=part)
+                    sent = await self.messenger.send(job, content, files=files, view=view, part=part,
+                                                     ping=job.user_id if part == 0 else None)
                 finally:
                     for f in files:
                         f.close()
@@ -222,6 +167,9 @@ class DiscordTransport:
         log.info("posted job %s as message %s", job.id, first.id)
         await self.core.record_posted(job.id, f"discord:message:{first.id}")
         await self._open_thread(job, first, message.thread_name or "bandmate")
+        if d.status_message_id:  # last, so the status's final word is "delivered", with a link to the result
+            channel_id = str(getattr(first.channel, "id", None) or d.channel_id)
+            await self.status.finish(job, self.core.delivered_status(job, d.guild_id, channel_id, str(first.id)))
         log.info("delivered job %s", job.id)
 
     async def _open_thread(self, job: Job, message: discord.Message, name: str) -> None:

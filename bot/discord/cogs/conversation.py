@@ -8,7 +8,8 @@ import discord
 from discord.ext import commands
 
 from bot.core import Bandmate, Request, Requester
-from bot.discord.delivery import DiscordDelivery, StatusUpdater
+from bot.discord.delivery import DiscordDelivery
+from bot.discord.status import StatusUpdater
 from bot.discord.render import NO_PINGS, render
 
 log = logging.getLogger(__name__)
@@ -55,5 +56,6 @@ class ConversationCog(commands.Cog):
         request = Request(who, f"discord:message:{message.id}", delivery.address())
         outcome = await self.core.reply(request, job_id, text)
         if outcome.job is not None:
-            self.status.watch(outcome.job)
-        await status.edit(content=render(outcome.text), allowed_mentions=NO_PINGS)
+            self.status.watch(outcome.job, outcome.text)  # its status message: one ordered stream of edits
+        else:
+            await status.edit(content=render(outcome.text), allowed_mentions=NO_PINGS)
