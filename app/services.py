@@ -21,6 +21,7 @@ from bot.verify import CredentialService
 from bot.presets import PresetService
 from bot.rate_limit import RateLimit
 from bot.privacy import PrivacyService
+from generation.decoder_executor import DecoderExecutor, DecoderOptions
 from generation.local_executor import LocalExecutor
 from generation.models import ModelRegistry, model_info
 from generation.runner import JobRunner
@@ -45,6 +46,13 @@ def build_models(settings: Settings) -> ModelRegistry:
 
     return ModelRegistry(device=settings.device, dtype=settings.dtype, compile=settings.compile,
                          threads=settings.torch_threads, setting_for=setting_for, cpu_offload=settings.cpu_offload)
+
+
+def local_decoder_executor(settings: Settings, runner: JobRunner) -> DecoderExecutor:
+    """The decoder executor: S slots from BANDMATE_MAX_BATCH (fewer on a GPU short of memory), CUDA graphs unless
+    BANDMATE_CUDA_GRAPHS=0."""
+    return DecoderExecutor(runner, DecoderOptions(slots=settings.max_batch,
+                                                  cuda_graphs=None if settings.cuda_graphs else False))
 
 
 def core_config(settings: Settings, *, operator: bool = False) -> CoreConfig:
@@ -122,13 +130,18 @@ class Application:
 
             self.executor = RedisExecutor.from_settings(settings, self.files, self.store)
             self.executor.signer = self.signer  # results are signed on receipt (the key stays on this machine)
+        elif settings.decoder == "slots":  # the engine's own decoder: text jobs join running ones at the next step
+            self.executor = local_decoder_executor(settings, JobRunner(self.models, self.files, signer=self.signer,
+                                                                       watermark=self.watermark))
         else:
             self.executor = LocalExecutor(JobRunner(self.models, self.files, signer=self.signer,
                                                     watermark=self.watermark))
         self.scheduler = Scheduler(
             self.store, self.executor,
             SchedulerConfig(max_batch=settings.max_batch, per_user_pending=settings.user_pending,
-                            max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s),
+                            max_depth=settings.queue_depth, job_timeout_s=settings.job_timeout_s,
+                            # single jobs join free slots at once: nothing to gather
+                            gather_s=0.0 if isinstance(self.executor, DecoderExecutor) else SchedulerConfig.gather_s),
             remove_files=self._remove_files, model_info=model_info)
         config = core_config(settings, operator=operator)
         if self.watermark is not None:
@@ -168,6 +181,8 @@ class Application:
         """Load the default model in the model thread now, so a bad id fails at start and not on the first job."""
         if self.settings.redis_url:  # [redis scale-out] the workers load the model (`python bot.py worker`)
             return None
+        if isinstance(self.executor, DecoderExecutor):  # the model and its decoder's slots, before the first job
+            return await self.executor.in_model_thread(self.executor.prepare, self.settings.model)
         return await self.executor.in_model_thread(self.models.get, self.settings.model)
 
     async def start(self) -> "Application":

@@ -107,6 +107,8 @@ class Settings:
     cpu_offload: bool = False  # ACE-Step on a GPU: each network on the GPU only while it runs
     torch_threads: int = 0  # 0: torch's default (all cores)
     max_batch: int = 4
+    decoder: str = "slots"  # slots: the engine's own decoder, jobs join at any step; generate: fixed batches
+    cuda_graphs: bool = True  # the decoder's CUDA graphs on a GPU (BANDMATE_CUDA_GRAPHS=0: off)
     user_pending: int = 3
     queue_depth: int = 100
     job_timeout_s: float = 900.0
@@ -152,6 +154,8 @@ class Settings:
             cpu_offload=_flag(env, "BANDMATE_CPU_OFFLOAD"),
             torch_threads=_int(env, "BANDMATE_TORCH_THREADS", 0, 0, 1024),
             max_batch=_int(env, "BANDMATE_MAX_BATCH", 4, 1, 64),
+            decoder=_choice(env, "BANDMATE_DECODER", "slots", ("slots", "generate")),
+            cuda_graphs=env.get("BANDMATE_CUDA_GRAPHS", "").strip().lower() not in ("0", "false", "no", "off"),
             user_pending=_int(env, "BANDMATE_USER_PENDING", 3, 1, 1000),
             queue_depth=_int(env, "BANDMATE_QUEUE_DEPTH", 100, 1, 100_000),
             job_timeout_s=_float(env, "BANDMATE_JOB_TIMEOUT_S", 900.0, 1.0, 86_400.0),

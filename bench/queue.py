@@ -13,6 +13,12 @@ every few seconds. Both paths post-process (loudness, MP3, FLAC, waveform) and u
     batched_vs_serial_8users  the same, 8 users (goal >= 0.9 x raw_batch8)
     overhead_vs_raw_generate  the queue's wall time over generate + post-processing called directly on the same
                               batch (goal <= 1.10)
+
+With --decoder the queue runs the engine's own decoder (generation/decoder_executor.py, the bot's default): jobs
+join free slots at the next step. It also prints
+
+    queue_vs_serial_1user        one job through the queue over the same job called directly (goal <= 1.05)
+    staggered_vs_serial_4users   throughput with users arriving one every --stagger s, over serial (and 8 users)
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ def _load_generate_bench():
 random_backend = _load_generate_bench().random_backend
 from generation.jobs import DeliveryAddress, Job  # noqa: E402
 from generation.runner import JobRunner  # noqa: E402
-from generation.local_executor import LocalExecutor
+from generation.decoder_executor import DecoderExecutor, DecoderOptions  # noqa: E402
+from generation.local_executor import LocalExecutor  # noqa: E402
+from generation.models import Family, ModelInfo  # noqa: E402
 from generation.scheduler import Scheduler, SchedulerConfig  # noqa: E402
 from generation.types import GenerationRequest  # noqa: E402
 from storage.database import Database  # noqa: E402
@@ -74,14 +82,26 @@ class Timings:
             self.done.set()
 
 
+def musicgen_info(model_id: str) -> ModelInfo:
+    return ModelInfo(model_id, Family.MUSICGEN, "random weights", supports_continuation=True, default_guidance=3.0)
+
+
 async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: float = 0.0, *,
-                    model_thread: ThreadPoolExecutor) -> tuple[float, list[float]]:
+                    model_thread: ThreadPoolExecutor, decoder: bool = False) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "bench.db")
         files = FileStore(tmp)
         runner = JobRunner(lambda _id: backend, files)
-        scheduler = Scheduler(SqliteJobStore(db), LocalExecutor(runner, model_thread=model_thread),
-                              SchedulerConfig(max_batch=max_batch, per_user_pending=10, max_depth=1000))
+        if decoder:  # as the bot builds it: slots from max_batch, the decoder ready before the first job
+            executor = DecoderExecutor(runner, DecoderOptions(slots=max_batch), model_thread=model_thread,
+                                       info_for=musicgen_info)
+            await executor.in_model_thread(executor.prepare, backend.model_id)
+        else:
+            executor = LocalExecutor(runner, model_thread=model_thread)
+        scheduler = Scheduler(SqliteJobStore(db), executor,
+                              SchedulerConfig(max_batch=max_batch, per_user_pending=10, max_depth=1000,
+                                              gather_s=0.0 if decoder else SchedulerConfig.gather_s),
+                              model_info=musicgen_info)
         timings = Timings()
         timings.expected = users
         await scheduler.add_sink("bench", timings)
@@ -146,6 +166,27 @@ def report(name: str, seconds: float, users: int, wall: float, latencies: list[f
     return throughput
 
 
+def staggered_only(args, backend, model_thread, on_model, best) -> int:
+    """The decoder's figures for arrivals one by one: a single job, then 4 users one every --stagger s."""
+    on_model(raw, backend, args.seconds, 4)  # warm up
+    serial_wall, serial_lat = best(lambda: on_model(run_serial, backend, args.seconds, 1))
+    queue_wall, queue_lat = best(lambda: asyncio.run(run_queue(backend, args.seconds, 1, max_batch=8,
+                                                               model_thread=model_thread, decoder=True)))
+    report("serial baseline", args.seconds, 1, serial_wall, serial_lat)
+    report("queue (decoder slots)", args.seconds, 1, queue_wall, queue_lat)
+    serial4 = best(lambda: on_model(run_serial, backend, args.seconds, 4, args.stagger))
+    queue4 = best(lambda: asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger,
+                                                model_thread=model_thread, decoder=True)))
+    s = report(f"serial, one every {args.stagger:g} s", args.seconds, 4, *serial4)
+    q = report(f"queue, one every {args.stagger:g} s", args.seconds, 4, *queue4)
+    print(f"queue_vs_serial_1user: {queue_wall / serial_wall:.2f}  (goal <= 1.05)")
+    print(f"staggered_vs_serial_4users: {q / s:.2f}")
+    print(f"staggered_p50_s: {statistics.median(queue4[1]):.2f} (serial {statistics.median(serial4[1]):.2f})")
+    print(f"staggered_p95_s: {percentile(queue4[1], 0.95):.2f} (serial {percentile(serial4[1], 0.95):.2f})")
+    model_thread.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -156,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each configuration, interleaved; the fastest counts (first runs after a warm-up "
                              "are measurably faster on these CPUs, so one run each would favour whichever goes first)")
+    parser.add_argument("--decoder", action="store_true",
+                        help="run the queue with the engine's own decoder (slots; the bot's default)")
+    parser.add_argument("--staggered-only", action="store_true",
+                        help="with --decoder: only queue_vs_serial_1user and the staggered 4-user figures (a short run)")
     args = parser.parse_args(argv)
+    decoder = args.decoder
     # Every torch call of this process runs on this one thread, as in the bot (see LocalExecutor): a baseline on the
     # main thread beside a queue on another would give the process two OpenMP teams and slow the second one down.
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-model")
@@ -167,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = on_model(random_backend, args.quick, args.device, args.dtype)
     print(f"model: {'quick' if args.quick else 'musicgen-small'} shape on {backend.device} {backend.dtype}; "
           f"{args.seconds:g} s clips, guidance 3; all torch work on one thread")
-    on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
-
     def best(fn):
         """The fastest of --repeats runs of fn() -> (wall, latencies) or wall."""
         runs = [fn() for _ in range(args.repeats)]
         return min(runs, key=lambda r: r[0] if isinstance(r, tuple) else r)
+
+    if decoder and args.staggered_only:
+        return staggered_only(args, backend, model_thread, on_model, best)
+    on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
 
     t1, t4, t8 = (best(lambda n=n: on_model(raw, backend, args.seconds, n)) for n in (1, 4, 8))
     r4, r8 = 4 * t1 / t4, 8 * t1 / t8
@@ -182,20 +230,32 @@ def main(argv: list[str] | None = None) -> int:
     for users in (1, 4, 8):
         serial_wall, serial_lat = best(lambda: on_model(run_serial, backend, args.seconds, users))
         queue_wall, queue_lat = best(lambda: asyncio.run(run_queue(backend, args.seconds, users, max_batch=8,
-                                                                   model_thread=model_thread)))
+                                                                   model_thread=model_thread, decoder=decoder)))
         s = report("serial baseline", args.seconds, users, serial_wall, serial_lat)
-        q = report("queue (batched)", args.seconds, users, queue_wall, queue_lat)
+        q = report("queue (decoder slots)" if decoder else "queue (batched)", args.seconds, users, queue_wall,
+                   queue_lat)
         ratios[users] = q / s
+        if users == 1:
+            one_user = queue_wall / serial_wall
         if users == 8:
             direct_wall = best(lambda: on_model(direct, backend, args.seconds, users))
             print(f"{'direct generate + render':<28} {users} users: {direct_wall:7.2f} s wall")
             overhead = queue_wall / direct_wall
     stagger_serial = best(lambda: on_model(run_serial, backend, args.seconds, 4, args.stagger))
     stagger_queue = best(lambda: asyncio.run(run_queue(backend, args.seconds, 4, max_batch=8, gap_s=args.stagger,
-                                                       model_thread=model_thread)))
+                                                       model_thread=model_thread, decoder=decoder)))
     s = report(f"serial, one every {args.stagger:g} s", args.seconds, 4, *stagger_serial)
     q = report(f"queue, one every {args.stagger:g} s", args.seconds, 4, *stagger_queue)
     print(f"staggered_batched_vs_serial_4users: {q / s:.2f}")
+    if decoder:
+        serial8 = best(lambda: on_model(run_serial, backend, args.seconds, 8, args.stagger))
+        queue8 = best(lambda: asyncio.run(run_queue(backend, args.seconds, 8, max_batch=8, gap_s=args.stagger,
+                                                    model_thread=model_thread, decoder=True)))
+        s8 = report(f"serial, one every {args.stagger:g} s", args.seconds, 8, *serial8)
+        q8 = report(f"queue, one every {args.stagger:g} s", args.seconds, 8, *queue8)
+        print(f"staggered_vs_serial_4users: {q / s:.2f}")
+        print(f"staggered_vs_serial_8users: {q8 / s8:.2f}")
+        print(f"queue_vs_serial_1user: {one_user:.2f}  (goal <= 1.05)")
     print(f"raw_batch4_vs_batch1: {r4:.2f}")
     print(f"raw_batch8_vs_batch1: {r8:.2f}")
     print(f"batched_vs_serial_4users: {ratios[4]:.2f}  (goal >= {0.9 * r4:.2f})")

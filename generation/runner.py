@@ -129,6 +129,10 @@ class JobRunner:
         results = backend.generate(requests, progress=progress, should_stop=should_stop)
         return {j.id: audios for j, audios in zip(jobs, results)}
 
+    def text_request(self, job: Job, backend: Backend) -> GenerationRequest:
+        """A TEXT job's request, for callers that run it themselves (generation/decoder_executor.py)."""
+        return self._request(job, backend)
+
     def _request(self, job: Job, backend: Backend) -> GenerationRequest:
         """A TEXT job's request. --- STABLE AUDIO: steps, negative prompt and strength come from `job.spec`; a
         VARIATION of a stored track (`input_audio`) with a strength varies that audio (audio-to-audio). ---"""

@@ -29,14 +29,17 @@ class RecordingSink:
 
 
 class Harness:
-    def __init__(self, tmp_path, models, config: SchedulerConfig, backend_for=None, *, model: str) -> None:
+    def __init__(self, tmp_path, models, config: SchedulerConfig, backend_for=None, *, model: str,
+                 executor=None) -> None:
+        """executor(runner): the scheduler's executor (default: LocalExecutor)."""
         self.model = model
         self.db = Database(tmp_path / "bandmate.db")
         self.files = FileStore(tmp_path)
         self.store = SqliteJobStore(self.db)
         self.runner = JobRunner(backend_for or models, self.files)
         self.removed: list[str] = []
-        self.scheduler = Scheduler(self.store, LocalExecutor(self.runner), config, remove_files=self._remove_files)
+        self.executor = (executor or LocalExecutor)(self.runner)
+        self.scheduler = Scheduler(self.store, self.executor, config, remove_files=self._remove_files)
         self.events = []
         self.scheduler.listen(self.events.append)
         self.sink = RecordingSink()
