@@ -44,7 +44,8 @@ from generation.verification import (
 log = logging.getLogger(__name__)
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-OPERATIONS = frozenset({"compose", "variation", "continue", "extend", "remix", "song", "cover", "replace", "more_like"})
+OPERATIONS = frozenset({"compose", "variation", "continue", "extend", "remix", "song", "cover", "replace", "more_like",
+                        "stems"})
 # How a parent went into its child: its audio is inside the child, or it was the model's input.
 _CONTAINS_PARENT = frozenset({"continue", "extend", "replace", "song"})
 # Bytes a manifest adds to a file besides its parents' manifests (measured ~3.5 KB; a margin for long prompts).

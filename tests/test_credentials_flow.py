@@ -345,3 +345,11 @@ def test_with_the_watermark_on_a_stripped_file_is_still_recognised(tmp_path) -> 
     assert signed.trusted
     assert "No Content Credentials" in plain(stripped_text) and "Watermark: found, this server's" in plain(stripped_text)
     assert load_watermarker(weights, server_name=watermark_name(anchors)).message == message
+
+
+def test_every_operation_a_job_can_have_can_be_signed():
+    """A new Operation (stems came with ACE-Step) must be known to the signer, or its tracks could not be made."""
+    from generation.credentials import OPERATIONS
+    from generation.jobs import Operation
+
+    assert {operation.value for operation in Operation} <= OPERATIONS
