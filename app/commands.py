@@ -4,7 +4,6 @@ queue, the doctor, downloads, backups and the Redis worker."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import platform
 import shutil
@@ -15,11 +14,10 @@ from pathlib import Path
 from app.services import Application, build_models
 from app.settings import Settings
 from app.vocal_commands import vocal_fields
-from bot.core import Bandmate, ComposeOptions, Refusal, Request, Requester, Upload
+from bot.core import Bandmate, ComposeOptions, Requester, Upload
 from bot.messages import OutgoingMessage
-from bot.text import plain
 from generation.events import EventKind, JobEvent
-from generation.jobs import DeliveryAddress, Job
+from generation.jobs import Job
 
 log = logging.getLogger("bandmate")
 
@@ -149,29 +147,12 @@ class CommandLineTransport:
 
 def one_shot(settings: Settings, opts: ComposeOptions, out: Path, *, as_json: bool, upload: Upload | None = None) -> int:
     """One request through the core and the queue, like any other; its files land in `out`."""
+    from app.vocal_commands import run_plan
+    from bot.core import UploadInfo
 
-    async def main() -> tuple[list[dict], dict[str, str]]:
-        async with Application(settings, operator=True) as app:
-            transport = CommandLineTransport(app.core, out, set(), quiet=as_json)
-            await app.core.connect(transport)
-            job = await app.core.compose(Request(CLI_USER, delivery=DeliveryAddress(transport.name)), opts, upload)
-            transport.job_ids.add(job.id)
-            await transport.waiter(job.id).wait()
-            return transport.rows.get(job.id, []), transport.failed
-
-    try:
-        rows, failed = asyncio.run(main())
-    except Refusal as refusal:
-        print(f"error: {plain(refusal.user_message)}", file=sys.stderr)
-        return 2
-    for message in failed.values():
-        print(f"error: {message}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['mp3']}  ({row['duration_s']:.2f} s, seed {row['seed']})")
-    return 1 if failed else 0
+    info = UploadInfo(upload.filename, len(upload.data)) if upload is not None else None
+    return run_plan(settings, lambda core, request: core.plan_compose(request, opts, info), out, as_json=as_json,
+                    upload=upload)
 
 
 # -- diagnostics and housekeeping -----------------------------------------------------------------------------
