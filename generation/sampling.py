@@ -27,6 +27,23 @@ class SamplingFinished(Exception):
     """Raised after the last token has been drawn: nothing of `generate` after sampling is needed."""
 
 
+def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p, row by row: the one recipe of the `generate` path and of
+    the engine's own decoder (generation/decoder/sampling.py), so both draw the same tokens."""
+    logits = logits / max(params.temperature, 1e-5)
+    if params.top_k and params.top_k > 0:
+        k = min(params.top_k, logits.shape[-1])
+        threshold = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if params.top_p and 0.0 < params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > params.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return logits.softmax(-1)
+
+
 class RowSampler:
     """A transformers logits processor (callable on input_ids, scores) that samples each row on its own RNG."""
 
@@ -52,19 +69,7 @@ class RowSampler:
         self.sequences: torch.Tensor | None = None  # (rows * codebooks, max_length) when finished
 
     def _filtered_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        params = self.sampling
-        logits = logits / max(params.temperature, 1e-5)
-        if params.top_k and params.top_k > 0:
-            k = min(params.top_k, logits.shape[-1])
-            threshold = torch.topk(logits, k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < threshold, float("-inf"))
-        if params.top_p and 0.0 < params.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) > params.top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-        return logits.softmax(-1)
+        return filtered_probs(logits, self.sampling)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.should_stop is not None and self.should_stop():

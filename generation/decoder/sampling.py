@@ -8,23 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from generation.sampling import filtered_probs
 from generation.types import SamplingParams
-
-
-def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Probabilities after temperature, top-k and top-p, row by row (RowSampler's recipe, op for op)."""
-    logits = logits / max(params.temperature, 1e-5)
-    if params.top_k and params.top_k > 0:
-        k = min(params.top_k, logits.shape[-1])
-        threshold = torch.topk(logits, k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
-    if params.top_p and 0.0 < params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) > params.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    return logits.softmax(-1)
 
 
 def new_generator(seed: int, device: torch.device | str) -> torch.Generator:
