@@ -28,6 +28,14 @@ class ChainRuns:
         self.helper_owner: dict[str, str] = {}  # helper window id -> owner id
         self.cancelled: set[str] = set()  # owners cancelled by their user: no further window starts
 
+    async def remove(self, rels: list[str]) -> None:
+        """Delete a chain's intermediate audio (the queue's `remove_files`); a failure is logged, never raised."""
+        if rels and self.queue.remove_files is not None:
+            try:
+                await self.queue.remove_files(rels)
+            except OSError:
+                log.exception("could not remove %d window files", len(rels))
+
     def request_id(self, job_id: str) -> str:
         """The user's own job that `job_id` works for: a chain's owner for its helper windows, else itself."""
         return self.helper_owner.get(job_id, job_id)
@@ -94,7 +102,7 @@ class ChainRuns:
         self.queue._cancelled.discard(helper.id)
         owner = self.owner_waiting_on(helper)
         if owner is None:  # its chain was cancelled meanwhile
-            await self.queue._remove([output] if output else [])
+            await self.remove([output] if output else [])
             return
         if output is None:
             await self.queue._mark_failed(owner, "A part of this piece came out empty; please try again.")
@@ -113,7 +121,7 @@ class ChainRuns:
             return
         self.held.pop(job.id, None)
         self.cancelled.discard(job.id)
-        await self.queue._remove(chain.outputs_of(job))
+        await self.remove(chain.outputs_of(job))
 
     def as_event(self, event: JobEvent) -> JobEvent | None:
         """A window's events are its chain's: progress across all windows, under the owner's id."""

@@ -17,44 +17,22 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable
 
 from generation import chain
 from generation.chain_runs import ChainRuns
 from generation.backend import GenerationCancelled, OutOfMemory
 from generation.events import EventKind, JobEvent
+from generation.executor import DeliverySink, Executor
 from generation.handover import Handover
-from generation.jobs import DeliveryState, Job, JobKind, JobState, JobStore, TrackRecord
-from generation.models import ModelInfo, model_info
+from generation.jobs import DeliveryState, Job, JobState, JobStore, TrackRecord
+from generation.batching import ModelInfoFor, batch_compatible, job_steps
+from generation.models import model_info
 from generation.types import Progress
 
-__all__ = ["EventKind", "JobEvent", "QueueRefused", "Scheduler", "SchedulerConfig", "batch_compatible", "job_steps"]
+__all__ = ["EventKind", "JobEvent", "QueueRefused", "Scheduler", "SchedulerConfig", ]
 
 log = logging.getLogger(__name__)
-
-ModelInfoFor = Callable[[str], ModelInfo]
-
-
-def job_steps(job: Job, info_for: ModelInfoFor = model_info) -> int:
-    """The model steps of this job's call (a chain's owner: its own last window)."""
-    return info_for(job.model).steps_for(chain.window_add_s(job), job.spec)
-
-
-def batch_compatible(head: Job, other: Job, durations: list[float], padding_waste: float = 0.25,
-                     info_for: ModelInfoFor = model_info) -> bool:
-    """May `other` join a batch led by `head` whose jobs have `durations`? Shared with the Redis workers."""
-    if (other.model, other.kind, other.sampling) != (head.model, head.kind, head.sampling):
-        return False
-    if head.kind in (JobKind.CONTINUE, JobKind.SONG):  # windowed, one piece per model thread
-        return False
-    info = info_for(head.model)  # same model id, same family
-    if info.batch_key(other.spec, other.input_audio is not None, other.duration_s) != info.batch_key(
-            head.spec, head.input_audio is not None, head.duration_s):
-        return False
-    if info.any_duration_batches:
-        return True
-    longest, shortest = max(durations + [other.duration_s]), min(durations + [other.duration_s])
-    return shortest >= (1.0 - padding_waste) * longest
 
 
 class QueueRefused(Exception):
@@ -81,26 +59,6 @@ class SchedulerConfig:
     delivery_retry_s: float = 2.0
     # Longest model call of a continuation; longer ones become chains of window jobs (generation/chain.py).
     window_s: float = 30.0
-
-
-class DeliverySink(Protocol):
-    """A transport's way to hand a finished (or failed, or cancelled) job to its user. Must be safe to repeat."""
-
-    async def deliver(self, job: Job, tracks: list[TrackRecord]) -> None: ...
-
-
-class Executor(Protocol):
-    """Runs batches: here in a model thread, or on remote workers."""
-
-    batch_limit: int | None  # None: batch as the scheduler likes; 1: dispatch single jobs (workers batch)
-
-    def has_capacity(self) -> bool: ...
-
-    async def execute(
-        self, jobs: list[Job], progress: Callable[[Progress], None], should_stop: Callable[[], bool]
-    ) -> dict[str, list[TrackRecord]]: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -544,7 +502,7 @@ class Scheduler:
     async def _finish(self, job: Job, tracks: list[TrackRecord]) -> None:
         if job.id in self._cancelled:
             if chain.owner_of(job):  # a helper window's audio is nobody's track
-                await self._remove([t.flac for t in tracks if t.flac])
+                await self._chains.remove([t.flac for t in tracks if t.flac])
             await self._mark_cancelled(job)
             return
         job.state = JobState.DONE
@@ -583,13 +541,6 @@ class Scheduler:
             return
         await self._chains.end(job)
         await self._deliver(job, [])
-
-    async def _remove(self, rels: list[str]) -> None:
-        if rels and self.remove_files is not None:
-            try:
-                await self.remove_files(rels)
-            except OSError:
-                log.exception("could not remove %d window files", len(rels))
 
     # -- delivery -----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from generation.models import ModelRegistry, is_stable_audio
 from generation.musicgen import choose_device
 from generation.runner import JobRunner
 from generation.spec import JobSpec
-from generation.scheduler import batch_compatible, job_steps
+from generation.batching import batch_compatible, job_steps
 from generation.stable_audio import NO_CONTINUATION, StableAudioBackend, sigma_for_strength
 from generation.types import Audio, GenerationRequest, SamplingParams
 from storage.files import FileStore

@@ -313,7 +313,7 @@ async def test_a_reference_upload_is_stored_at_the_models_rate_and_forgotten(wor
 
 def test_ace_jobs_batch_only_with_the_same_length_and_metadata():
     from generation.jobs import Job
-    from generation.scheduler import batch_compatible
+    from generation.batching import batch_compatible
 
     def job(duration: float, **spec) -> Job:
         return Job(user_id="u", prompt="p", duration_s=duration, model=ACE, spec=JobSpec(lyrics="la", **spec))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,31 @@ def sweep_stale_scratch(base: str | os.PathLike[str] | None = None) -> int:
     if removed:
         log.info("removed %d scratch folders left by stopped workers", removed)
     return removed
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ScratchStore:
+    """A worker's local MediaStore: renders land here, are read back into the result entry, then deleted."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, track_id: str, ext: str) -> str:
+        if not _SAFE.match(track_id) or not re.fullmatch(r"[A-Za-z0-9]+", ext):
+            raise ValueError(f"unsafe track id or extension: {track_id!r}, {ext!r}")
+        return f"{track_id}.{ext}"
+
+    def absolute(self, rel: str) -> Path:
+        pure = PurePosixPath(rel)
+        if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
+            raise ValueError(f"not a scratch path: {rel!r}")
+        return self.root.joinpath(*pure.parts)
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.absolute(rel).unlink()
+        except FileNotFoundError:
+            pass

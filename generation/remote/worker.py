@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -14,7 +13,6 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from redis.exceptions import ResponseError
@@ -24,19 +22,18 @@ from generation.continuation import ContinuationError
 from generation.jobs import Job
 from generation.models import ModelRegistry
 from generation.runner import JobRunner
-from generation.scheduler import batch_compatible
+from generation.batching import batch_compatible
 from generation.types import Progress
 
 log = logging.getLogger(__name__)
 from generation.remote.keys import CANCEL_POLL_S, DEAD_MAXLEN, FILE_KINDS, GENERIC_FAILURE, MODEL_FAILURE, OOM_FAILURE, PROGRESS_EVERY_S, RedisSettings, StreamKeys, WORKERS_GROUP, connect, ensure_groups
 from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text, drop_idle_connections
-from generation.remote.scratch import make_scratch_dir, sweep_stale_scratch
+from generation.remote.scratch import ScratchStore, make_scratch_dir, sweep_stale_scratch
 from generation.remote.wire import job_from_json, track_to_dict
 
 
 # -- worker side ----------------------------------------------------------------------------------------------
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Refresh the claim on each id only while this worker still owns it: a worker that was presumed dead must not
 # take a job back from the one that took it over. XCLAIM ... JUSTID resets the idle time, not the delivery count.
@@ -51,31 +48,6 @@ for i = 3, #ARGV do
 end
 return kept
 """
-
-
-class ScratchStore:
-    """A worker's local MediaStore: renders land here, are read back into the result entry, then deleted."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path_for(self, track_id: str, ext: str) -> str:
-        if not _SAFE.match(track_id) or not re.fullmatch(r"[A-Za-z0-9]+", ext):
-            raise ValueError(f"unsafe track id or extension: {track_id!r}, {ext!r}")
-        return f"{track_id}.{ext}"
-
-    def absolute(self, rel: str) -> Path:
-        pure = PurePosixPath(rel)
-        if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel:
-            raise ValueError(f"not a scratch path: {rel!r}")
-        return self.root.joinpath(*pure.parts)
-
-    def remove(self, rel: str) -> None:
-        try:
-            self.absolute(rel).unlink()
-        except FileNotFoundError:
-            pass
 
 
 @dataclass
