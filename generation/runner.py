@@ -16,7 +16,7 @@ import soundfile as sf
 
 from generation import __version__, chain
 from generation.backend import Backend
-from generation.ace_jobs import ACE_KINDS, ace_generate, runs_ace, track_details
+from generation.ace_jobs import ACE_KINDS, EDITS_OF_A_FINISHED_TRACK, ace_generate, runs_ace, track_details
 from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track, write_wav_float
@@ -229,7 +229,8 @@ class JobRunner:
             )
             mp3_rel = self.media.path_for(track_id, "mp3")
             out_dir = self.media.absolute(mp3_rel).parent
-            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections, title=title)
+            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections, title=title,
+                                    finish=job.kind not in EDITS_OF_A_FINISHED_TRACK)
             tracks.append(TrackRecord(
                 id=track_id, job_id=job.id, variation=i, prompt=job.prompt, seed=job.seed + i, model=job.model,
                 duration_s=rendered.duration_s, params=params, mp3=mp3_rel,
