@@ -68,7 +68,7 @@ def test_family_detection_and_facts_without_loading():
     facts = model_facts("ACE-Step/acestep-v15-xl-turbo-diffusers")
     assert (facts["license"], facts["sample_rate"], facts["max_duration_s"], facts["default_steps"]) == (
         "MIT", 48_000, 600.0, 8)
-    assert facts["tasks"] == ("text2music", "repaint", "cover", "extract")
+    assert facts["tasks"] == ("text2music", "repaint", "cover", "extract", "lego", "complete")
 
 
 def test_fixture_matches_its_build_script_and_stays_small(tmp_path):
