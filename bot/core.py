@@ -37,6 +37,7 @@ _REPLY_OPERATIONS = {
     IntentKind.EXTEND: Operation.EXTEND,
     IntentKind.VARIATIONS: Operation.VARIATION,
     IntentKind.EDIT: Operation.VARIATION,
+    IntentKind.ADD_PART: Operation.VARIATION,  # no model here adds parts: "add strings" edits the prompt
     IntentKind.MORE_LIKE: Operation.MORE_LIKE,
 }
 
@@ -217,6 +218,12 @@ class Bandmate:
         if intent.kind is IntentKind.REPLACE:  # --- ACE-STEP: "redo the bridge", "replace 0:40-0:55 with ..." ---
             try:
                 job = await self.submit(await self.vocals.plan_replace(request, tracks[index].id, intent.text))
+            except Refusal as refusal:
+                return ReplyOutcome(refusal.user_message)
+            return ReplyOutcome(self.queued_text(job), job)
+        if intent.kind is IntentKind.ADD_PART and self.vocals.can_add_part():  # --- ACE-STEP: "add a guitar" ---
+            try:
+                job = await self.submit(await self.vocals.plan_add_part(request, tracks[index].id, intent.text))
             except Refusal as refusal:
                 return ReplyOutcome(refusal.user_message)
             return ReplyOutcome(self.queued_text(job), job)
