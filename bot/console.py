@@ -22,7 +22,7 @@ from typing import TextIO
 
 from bot import console_vocals
 from bot.core import Bandmate, ComposeOptions, Refusal, Request, Requester, Upload
-from bot.messages import OutgoingMessage
+from bot.messages import ButtonKind, OutgoingMessage
 from bot.text import plain
 from bot.vocal_views import SONG_REPLIES
 from generation.events import EventKind, JobEvent
@@ -59,8 +59,8 @@ class ConsoleTransport:
         lines += self._thread_lines(message, text)
         sung = message.thread_text is not None
         lines += [f"  track {b.target}: reply {b.target} " + (SONG_HINT if sung else REPLY_HINT)
-                  for b in message.buttons if b.kind.value == "vote"]
-        lines += [f"  stems {b.target}" for b in message.buttons if b.kind.value == "stems"]
+                  for b in message.buttons if b.kind is ButtonKind.VOTE]
+        lines += [f"  stems {b.target}" for b in message.buttons if b.kind is ButtonKind.STEMS]
         self._write("\n".join(lines) + "\n")
         self._done(job)
 
@@ -70,7 +70,7 @@ class ConsoleTransport:
         thread's own "reply here" line (the console's hint says how to reply)."""
         if not message.thread_text:
             return []
-        skip = {plain(SONG_REPLIES)} | {line for line in shown.splitlines() if line}
+        skip = {plain(SONG_REPLIES)} | {line for line in shown.splitlines() if line.startswith("Sections:")}
         return [f"  {line}" for line in plain(message.thread_text).splitlines() if line not in skip]
 
     async def post_failure(self, job: Job, message: OutgoingMessage) -> None:

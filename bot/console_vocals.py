@@ -110,7 +110,11 @@ async def song(core: Bandmate, request: Request, args: list[str]) -> Job:
 def _source(target: str) -> tuple[str | None, Path | None]:
     """A track id, or a file on disk (a path that exists)."""
     path = Path(target).expanduser()
-    return (None, path) if path.is_file() else (target, None)
+    if path.is_file():
+        return None, path
+    if "/" in target or path.suffix:  # track ids have neither: this was meant as a file
+        raise Refusal(f"I can't find the file {target[:200]}.")
+    return target, None
 
 
 async def cover(core: Bandmate, request: Request, args: list[str]) -> Job:

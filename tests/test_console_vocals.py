@@ -263,3 +263,21 @@ def test_with_the_shipped_limits_a_reply_right_after_a_result_is_never_held(tmp_
     finally:
         assert console.close() == 0
     console.assert_clean()
+
+
+def test_without_an_ace_step_model_the_song_commands_say_what_is_needed(tmp_path):
+    console = Console(tmp_path / "musicgen-only", BANDMATE_MODEL=str(MUSICGEN))
+    try:
+        console.expect(r"Bandmate console")
+        console.ask('song "jazz"', r'Give the song its sections: song "PROMPT" "intro 8, verse 16')
+        console.ask('song "jazz" --lyrics "[verse] la la"', r"Songs with lyrics need an ACE-Step model")
+        wav = tmp_path / "tune.wav"
+        sf.write(wav, np.zeros(16_000, dtype=np.float32), 16_000)
+        console.ask(f"cover {wav} rock", r"Covers need an ACE-Step model")
+        console.ask(f"stems {wav}", r"Stems need an ACE-Step model")
+        console.ask("stems no/such/file.mp3", r"can't find the file no/such/file.mp3")
+        console.ask("help", r"Bandmate makes music")
+        assert console.jobs() == 0
+    finally:
+        assert console.close() == 0
+    console.assert_clean()
