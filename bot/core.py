@@ -405,6 +405,10 @@ class Bandmate:
     def help_text(self) -> str:
         return views.help_text((m, self.planner.model_info(m).license) for m in self.planner.offered_models())
 
+    def offers(self, ability: str) -> bool:
+        """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems...)."""
+        return any(getattr(self.planner.model_info(m), ability, False) for m in self.planner.offered_models())
+
     def model_name(self, model_id: str) -> str:
         return views.model_name(model_id)
 
