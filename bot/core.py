@@ -221,7 +221,7 @@ class Bandmate:
             except Refusal as refusal:
                 return ReplyOutcome(refusal.user_message)
             return ReplyOutcome(self.queued_text(job), job)
-        if intent.kind is IntentKind.ADD_PART and self.vocals.can_add_part():  # --- ACE-STEP: "add a guitar" ---
+        if intent.kind is IntentKind.ADD_PART and self.vocals.offers("parts"):  # --- ACE-STEP: "add a guitar" ---
             try:
                 job = await self.submit(await self.vocals.plan_add_part(request, tracks[index].id, intent.text))
             except Refusal as refusal:
@@ -282,7 +282,7 @@ class Bandmate:
         """A finished job as its message, with the votes so far and 🎚 wherever stems can be made here."""
         if tally is None:
             tally = await self.store.vote_tally(job.id)
-        return views.result_message(job, tracks, self.files.absolute, tally, winner, self.vocals.can_split())
+        return views.result_message(job, tracks, self.files.absolute, tally, winner, self.vocals.offers("stems"))
 
     async def track_message(self, track_id: str) -> OutgoingMessage:
         """/track: one track shown again, with its buttons."""
@@ -407,7 +407,7 @@ class Bandmate:
 
     def offers(self, ability: str) -> bool:
         """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems...)."""
-        return any(getattr(self.planner.model_info(m), ability, False) for m in self.planner.offered_models())
+        return self.vocals.offers(ability)
 
     def model_name(self, model_id: str) -> str:
         return views.model_name(model_id)

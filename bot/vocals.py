@@ -105,12 +105,10 @@ class Vocals:
         raise Refusal(f"{what[ability]} need an ACE-Step model, and none is offered here (ask an admin to add one "
                       "to BANDMATE_MODELS).")
 
-    def can_add_part(self) -> bool:
-        return any(self.planner.model_info(m).parts for m in self.planner.offered_models())
-
-    def can_split(self) -> bool:
-        """An offered model makes stems, so every result can carry the 🎚 button (any family's track splits)."""
-        return any(getattr(self.planner.model_info(m), "stems", False) for m in self.planner.offered_models())
+    def offers(self, ability: str) -> bool:
+        """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems, parts):
+        e.g. 🎚 goes on every result where stems can be made, whichever model made the result."""
+        return any(getattr(self.planner.model_info(m), ability, False) for m in self.planner.offered_models())
 
     # -- shared checks ----------------------------------------------------------------------------------
 
