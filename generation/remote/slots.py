@@ -50,6 +50,11 @@ class WorkerSlots:
     def free_rows(self) -> int:
         return self.driver.slots - self._rows
 
+    def cancel_seen(self, job_id: str) -> bool:
+        """Whether the cancel watcher has seen the bot's cancel of this running job (its slot frees at the next
+        step)."""
+        return job_id in self._cancelled
+
     def running_job_ids(self) -> list[str]:
         w = self.worker
         return [w._held[e].job.id for e in self._running if e in w._held]
