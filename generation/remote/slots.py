@@ -71,7 +71,7 @@ class WorkerSlots:
         claimed = await w._claim(room)
         if claimed is not None and room - claimed > 0:
             await w._read(room - claimed, block=None if claimed else (POLL_MS if self._running else w.block_ms))
-        if not await self._start_waiting() and (claimed is None or room == 0):
+        if not await self._start_waiting() and (claimed is None or room == 0) and not w._stopping.is_set():
             try:  # full, or the next entry waits for slots: until a job leaves (or a while, for claims)
                 await asyncio.wait_for(self._changed.wait(), w.block_ms / 1000)
             except asyncio.TimeoutError:
