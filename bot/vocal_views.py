@@ -43,8 +43,10 @@ def detail_lines(job: Job, first: TrackRecord | None) -> list[str]:
     return lines
 
 
-def stems_button(job: Job, track: TrackRecord, label: str, row: int) -> list[Button]:
-    return [Button(ButtonKind.STEMS, track.id, label, STEM_EMOJI, row=row)] if is_ace_result(job) else []
+def stems_button(job: Job, track: TrackRecord, label: str, row: int, splittable: bool | None = None) -> list[Button]:
+    """🎚 on a result: wherever a model offered here splits stems (`splittable`), else on ACE-Step's own."""
+    show = is_ace_result(job) if splittable is None else splittable
+    return [Button(ButtonKind.STEMS, track.id, label, STEM_EMOJI, row=row)] if show else []
 
 
 def thread_text(job: Job, first: TrackRecord | None, invite: str) -> str | None:

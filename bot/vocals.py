@@ -104,6 +104,10 @@ class Vocals:
         raise Refusal(f"{what[ability]} need an ACE-Step model, and none is offered here (ask an admin to add one "
                       "to BANDMATE_MODELS).")
 
+    def can_split(self) -> bool:
+        """An offered model makes stems, so every result can carry the 🎚 button (any family's track splits)."""
+        return any(getattr(self.planner.model_info(m), "stems", False) for m in self.planner.offered_models())
+
     # -- shared checks ----------------------------------------------------------------------------------
 
     async def _lyrics(self, request: Request, text: str | None) -> str:

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 _TASKS = {JobKind.TEXT: AceTask.TEXT2MUSIC, JobKind.REPAINT: AceTask.REPAINT, JobKind.COVER: AceTask.COVER,
           JobKind.STEMS: AceTask.EXTRACT}
 ACE_KINDS = frozenset(_TASKS)
+# Cut from a stored, already finished master: rendered without a new loudness gain or fades, so a replace keeps
+# every sample outside its range and stems add back up to the track they came from.
+EDITS_OF_A_FINISHED_TRACK = frozenset({JobKind.REPAINT, JobKind.STEMS})
 
 
 def runs_ace(backend) -> bool:
