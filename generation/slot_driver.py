@@ -191,13 +191,12 @@ class SlotDriver:
 
     def _watermarked(self, job: Job, audios: list[Audio]) -> list[Audio]:
         """The watermark `JobRunner.generate` embeds for a job that carries one, for audio made outside it."""
-        message, mark = job.spec.watermark, self.runner.watermark
-        if message is None:
+        if job.spec.watermark is None:
             return audios
-        if mark is None:
+        if self.runner.watermark is None:
             log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
             return audios
-        return [Audio(mark.embed(a.samples, a.sample_rate, message), a.sample_rate) for a in audios]
+        return [self.runner._marked(job, a) for a in audios]  # the runner's own marking, one recipe
 
     # -- the loop (model thread) ----------------------------------------------------------------------------
 
