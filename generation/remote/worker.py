@@ -102,7 +102,7 @@ class Worker:
         self._need_groups = True
         self._next_outage_log = 0.0
         self._published: OrderedDict[str, bytes] = OrderedDict()  # job id -> its result entry, the latest 1000
-        self.batches_run = 0
+        self.batches_run = 0  # model calls finished: fixed batches, and jobs that left the decoder slots
         self._connection_errors = 0  # in a row, in the main loop
         self.ready = False  # its model is loaded and it takes jobs (the readiness endpoint reads it)
         # The operator's hook (app/metrics.py): each progress report (model id, batch's first job id, progress).
