@@ -37,6 +37,7 @@ _REPLY_OPERATIONS = {
     IntentKind.EXTEND: Operation.EXTEND,
     IntentKind.VARIATIONS: Operation.VARIATION,
     IntentKind.EDIT: Operation.VARIATION,
+    IntentKind.ADD_PART: Operation.VARIATION,  # no model here adds parts: "add strings" edits the prompt
     IntentKind.MORE_LIKE: Operation.MORE_LIKE,
 }
 
@@ -220,6 +221,12 @@ class Bandmate:
             except Refusal as refusal:
                 return ReplyOutcome(refusal.user_message)
             return ReplyOutcome(self.queued_text(job), job)
+        if intent.kind is IntentKind.ADD_PART and self.vocals.offers("parts"):  # --- ACE-STEP: "add a guitar" ---
+            try:
+                job = await self.submit(await self.vocals.plan_add_part(request, tracks[index].id, intent.text))
+            except Refusal as refusal:
+                return ReplyOutcome(refusal.user_message)
+            return ReplyOutcome(self.queued_text(job), job)
         try:
             plan = await self.planner.plan_from_track(request, tracks[index].id, _REPLY_OPERATIONS[intent.kind],
                                                       seconds=intent.seconds, edit=intent.edit)
@@ -275,7 +282,7 @@ class Bandmate:
         """A finished job as its message, with the votes so far and 🎚 wherever stems can be made here."""
         if tally is None:
             tally = await self.store.vote_tally(job.id)
-        return views.result_message(job, tracks, self.files.absolute, tally, winner, self.vocals.can_split())
+        return views.result_message(job, tracks, self.files.absolute, tally, winner, self.vocals.offers("stems"))
 
     async def track_message(self, track_id: str) -> OutgoingMessage:
         """/track: one track shown again, with its buttons."""
@@ -397,6 +404,10 @@ class Bandmate:
 
     def help_text(self) -> str:
         return views.help_text((m, self.planner.model_info(m).license) for m in self.planner.offered_models())
+
+    def offers(self, ability: str) -> bool:
+        """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems...)."""
+        return self.vocals.offers(ability)
 
     def model_name(self, model_id: str) -> str:
         return views.model_name(model_id)

@@ -18,10 +18,10 @@ from generation.jobs import Job, JobKind, JobState, Operation, TrackRecord
 
 _DOING = {Operation.CONTINUE: "Continuing", Operation.EXTEND: "Extending", Operation.VARIATION: "New take",
           Operation.MORE_LIKE: "More like this", Operation.REMIX: "Remixing", Operation.REPLACE: "Replacing a part",
-          Operation.COVER: "Covering", Operation.STEMS: "Splitting into stems"}
+          Operation.COVER: "Covering", Operation.STEMS: "Splitting into stems", Operation.ADD_PART: "Adding a part"}
 _DONE = {Operation.CONTINUE: "continued", Operation.EXTEND: "extended", Operation.VARIATION: "new take",
          Operation.MORE_LIKE: "more like this", Operation.REMIX: "remix", Operation.REPLACE: "part replaced",
-         Operation.COVER: "cover"}
+         Operation.COVER: "cover", Operation.ADD_PART: "part added"}
 
 
 def model_name(model_id: str) -> str:

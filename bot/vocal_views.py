@@ -14,12 +14,13 @@ from generation.lyrics import describe_sections, format_time
 THREAD_LYRICS_CHARS = 1500  # the thread's first message stays well inside a message's 2000 characters
 STEM_EMOJI = "🎚"
 SONG_REPLIES = ("Reply here to change a part: `redo the bridge`, `replace 0:40-0:55 with a guitar solo`, "
-                "`change the second chorus to: <new lines>`, `make the intro calmer` (`help` for more)")
+                "`change the second chorus to: <new lines>`, `make the intro calmer`, or add an instrument: "
+                "`add a guitar part` (`help` for more)")
 
 
 def is_ace_result(job: Job) -> bool:
     """A result the ACE-Step model made (its spec carries lyrics, even "" for an instrumental, or an ACE kind)."""
-    return job.spec.lyrics is not None or job.kind in (JobKind.REPAINT, JobKind.COVER)
+    return job.spec.lyrics is not None or job.kind in (JobKind.REPAINT, JobKind.COVER, JobKind.ADD_PART)
 
 
 def _sections(track: TrackRecord):

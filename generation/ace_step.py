@@ -235,6 +235,10 @@ class AceStepBackend:
             row += r.rows
             if r.task is AceTask.REPAINT:
                 out.append([self._spliced(r, x) for x in rows])
+            elif r.task is AceTask.LEGO:  # a part for its context: the model's own level, mixed in by the caller
+                frames = source.shape[-1]
+                out.append([Audio(anti_clip(fit_length(x, frames)).astype(np.float32), self.sample_rate)
+                            for x in rows])
             elif r.task is AceTask.EXTRACT:
                 frames = source.shape[-1]
                 stems = {name: fit_length(x, frames) for name, x in zip(r.model_stems, rows)}

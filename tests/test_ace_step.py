@@ -227,7 +227,8 @@ def test_lego_adds_one_part_and_complete_fills_in_the_rest(ace, song):
     default = ace.generate([req("full band", task=AceTask.COMPLETE, source=song, seed=3)])[0]
     for audio in (*guitar, *drums, *full, *default):
         assert audio.sample_rate == SR and audio.samples.shape == song.samples.shape
-        assert np.isfinite(audio.samples).all() and 0.5 < np.abs(audio.samples).max() <= 1.0 + 1e-6
+        assert np.isfinite(audio.samples).all() and 0.0 < np.abs(audio.samples).max() <= 1.0 + 1e-6
+    assert all(np.abs(a.samples).max() > 0.5 for a in (*full, *default))  # a whole track, at -1 dBFS peak
     assert len(guitar) == 1 and len(full) == 2 and gap(full[0], full[1]) > 1e-3
     assert gap(guitar[0], drums[0]) > 1e-4  # the instruction names the part
     assert gap(full[0], default[0]) > 1e-4

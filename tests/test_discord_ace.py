@@ -80,6 +80,13 @@ async def test_a_thread_reply_replaces_the_chorus(fake, bot, tmp_path):
     assert "Verse" in hint.content and "Chorus" in hint.content
 
 
+async def test_a_thread_reply_adds_an_instrument(fake, bot, tmp_path):
+    thread = RESULTS["thread"]
+    await fake.post(thread, "add a guitar part", user=fake.user)
+    added = await fake.wait_for_message(thread, lambda m: bool(mp3s(m)) and "part added" in m.content, timeout=120)
+    assert abs(seconds(mp3s(added)[0].data, tmp_path) - SONG_S) <= FRAME_S
+
+
 async def test_cover_of_the_song(fake, bot, tmp_path):
     result = await command(fake, "cover", {"style": "acoustic folk", "track": RESULTS["track"], "strength": 0.6})
     assert "cover" in result.content

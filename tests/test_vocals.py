@@ -145,6 +145,18 @@ def test_replies_that_name_a_part_are_replace_intents():
     assert parse_reply("add a guitar solo").kind is IntentKind.EDIT
 
 
+def test_replies_that_add_an_instrument_name_acesteps_part():
+    for text, part in [("add a guitar part", "guitar"), ("add drums", "drums"), ("put some strings on it", "strings"),
+                       ("add backing vocals to this", "backing_vocals"), ("please add a piano line", "keyboard"),
+                       ("#2 add some bass", "bass")]:
+        intent = parse_reply(text)
+        assert (intent.kind, intent.text) == (IntentKind.ADD_PART, part), text
+        assert intent.edit is not None and intent.edit.add  # what a server without ACE-Step does with it
+    assert parse_reply("#2 add some bass").variation == 2
+    for text in ("add strings and make it jazzier", "add 20s", "add a kazoo", "make it jazzier"):
+        assert parse_reply(text).kind is not IntentKind.ADD_PART, text
+
+
 def test_inline_lyrics_and_keys():
     assert inline_lyrics("[verse] a b / c d [chorus] e") == "[verse]\na b\nc d\n[chorus]\ne"
     assert inline_lyrics("[verse]\na / b") == "[verse]\na / b"  # real line breaks: kept as written
@@ -298,6 +310,34 @@ async def test_cover_and_stems_of_a_musicgen_track(world):
     world.planner.config = replace(world.planner.config, models=())
     posted = await world.result_message(await world.store.get_job(parent.job_id), [parent])
     assert not [b for b in posted.buttons if b.kind is ButtonKind.STEMS]
+
+
+@pytest.mark.asyncio
+async def test_add_a_part_to_any_track_mixes_it_in_with_lineage(world):
+    plan = await world.plan_compose(req(), ComposeOptions(prompt="piano ballad", duration_s=2.0, seed=5))
+    job, (parent,) = await world.finished(await world.submit(plan))
+    before = world.jobs_count()
+    outcome = await world.reply(req(), job.id, "add a guitar part")
+    assert outcome.job is not None, outcome.text
+    assert world.jobs_count() == before + 1
+    added = outcome.job
+    assert (added.kind, added.operation, added.spec.part, added.model) == (JobKind.ADD_PART, Operation.ADD_PART,
+                                                                            "guitar", ACE)
+    done, (track,) = await world.finished(added)
+    assert done.state is JobState.DONE, done.error
+    assert track.parent_track_id == parent.id and track.params["part"] == "guitar"
+    assert abs(seconds(world.path(track.flac)) - 2.0) < 1e-3
+    original, rate = sf.read(str(world.path(parent.flac)), dtype="float64", always_2d=True)
+    mixed, mixed_rate = sf.read(str(world.path(track.flac)), dtype="float64", always_2d=True)
+    assert mixed_rate == 48_000 and np.abs(mixed).max() > 0
+    message = await world.result_message(done, [track])
+    assert "part added" in plain(message.text)
+
+    # Without an ACE-Step model the same words change the prompt, as before.
+    world.planner.config = replace(world.planner.config, models=())
+    fallback = await world.reply(req(), job.id, "add drums")
+    assert fallback.job.kind is JobKind.TEXT and "drums" in fallback.job.prompt
+    assert fallback.job.operation is Operation.VARIATION
 
 
 # --- lyrics are the person's data --------------------------------------------------------------------------------
