@@ -189,15 +189,6 @@ class SlotDriver:
             handle.cancel()
             raise
 
-    def _watermarked(self, job: Job, audios: list[Audio]) -> list[Audio]:
-        """The watermark `JobRunner.generate` embeds for a job that carries one, for audio made outside it."""
-        if job.spec.watermark is None:
-            return audios
-        if self.runner.watermark is None:
-            log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
-            return audios
-        return [self.runner._marked(job, a) for a in audios]  # the runner's own marking, one recipe
-
     # -- the loop (model thread) ----------------------------------------------------------------------------
 
     def _drive(self) -> None:
@@ -257,7 +248,7 @@ class SlotDriver:
         audios = None
         if error is None:
             try:
-                audios = self._watermarked(entry.job, entry.handle.result())
+                audios = self.runner.watermarked(entry.job, entry.handle.result())
             except BaseException as failure:  # noqa: BLE001 - GenerationCancelled, the job's own error
                 error = failure
 
