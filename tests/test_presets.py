@@ -439,7 +439,7 @@ async def test_discord_commands_shape(service: Services):
     assert {o["name"] for o in subs["blocklist"]["options"]} == {"add", "remove", "list"}
     assert {o["name"] for o in subs["set"]["options"]} == {"duration", "model", "max_variations",
                                                            "voting_window_minutes", "retention_days",
-                                                           "allow_model_choice", "manifest_prompt"}
+                                                           "allow_model_choice", "manifest_prompt", "longest_song"}
     remove = next(o for o in tree["prefer"]["options"] if o["name"] == "remove")
     assert remove["options"][0]["autocomplete"] is True
     await bot.close()
