@@ -35,6 +35,17 @@ def default_mode(device: str, dtype: str) -> StepMode:
     return StepMode.EXACT if dtype == "float32" else StepMode.BATCHED
 
 
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matrix products run natively here (a GPU, or a CPU with AVX512-BF16 / AMX). Without, as on an
+    AVX2 CPU, a bf16 linear costs the same per row: batching rows gains almost nothing (see bench/decoder.py)."""
+    if not str(device).startswith("cpu"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def cache_bytes_per_slot(model, max_positions: int, max_text_tokens: int, dtype: torch.dtype) -> int:
     """What one slot (a sequence and its twin) costs in the static cache: for sizing S from free memory."""
     cfg = model.config.decoder
