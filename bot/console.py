@@ -3,6 +3,9 @@
     /compose lo-fi piano, rainy night --duration 8 --variations 2 --seed 1
     reply TRACK make it jazzier        vote TRACK        like TRACK        extend TRACK SECONDS_IN_ALL
     remix FILE new style               song "prompt" "intro 8, verse 16, chorus 16, outro 8" [--melody-chorus]
+    song "prompt" --lyrics "[verse] a line / a line [chorus] ..."|@FILE [--language en] [--bpm N] [--key "C major"]
+         [--duration S] [--reference FILE]       cover TRACK|FILE style [--strength 0.8]      stems TRACK|FILE
+    reply TRACK redo the bridge | replace 0:40-0:55 with a guitar solo | change the second chorus to: new / lines
     style add|remove|list [TAG]        taste        top [week|all]        queue        cancel [JOB]        help
     prefer set NAME VALUE | remove NAME | list      privacy        export        forget [tracks]
 """
@@ -17,11 +20,13 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from bot import console_vocals
 from bot.core import Bandmate, ComposeOptions, Refusal, Request, Requester, Upload
-from bot.messages import OutgoingMessage
+from bot.messages import ButtonKind, OutgoingMessage
 from bot.text import plain
+from bot.vocal_views import SONG_REPLIES
 from generation.events import EventKind, JobEvent
-from generation.jobs import DeliveryAddress, Job, Operation
+from generation.jobs import DeliveryAddress, Job, JobKind, Operation
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +50,28 @@ class ConsoleTransport:
         self.out.flush()
 
     async def post_result(self, job: Job, message: OutgoingMessage) -> None:
-        lines = ["", plain(message.text)] + [f"  {item.path}" for item in message.files]
-        lines += [f"  track {b.target}: reply {b.target} <continue | extend 20s | make it jazzier | ...>"
-                  for b in message.buttons if b.kind.value == "vote"]
+        text = plain(message.text)
+        lines = ["", text]
+        if job.kind is JobKind.STEMS:  # one file per stem, named for it ("vocals stem: ...")
+            lines += [f"  {item.description}: {item.path}" for item in message.files]
+        else:
+            lines += [f"  {item.path}" for item in message.files]
+        lines += self._thread_lines(message, text)
+        sung = message.thread_text is not None
+        lines += [f"  track {b.target}: reply {b.target} " + (SONG_HINT if sung else REPLY_HINT)
+                  for b in message.buttons if b.kind is ButtonKind.VOTE]
+        lines += [f"  stems {b.target}" for b in message.buttons if b.kind is ButtonKind.STEMS]
         self._write("\n".join(lines) + "\n")
         self._done(job)
+
+    @staticmethod
+    def _thread_lines(message: OutgoingMessage, shown: str) -> list[str]:
+        """What Discord puts in a song's thread (its lyrics), without what the result already says or the
+        thread's own "reply here" line (the console's hint says how to reply)."""
+        if not message.thread_text:
+            return []
+        skip = {plain(SONG_REPLIES)} | {line for line in shown.splitlines() if line.startswith("Sections:")}
+        return [f"  {line}" for line in plain(message.thread_text).splitlines() if line not in skip]
 
     async def post_failure(self, job: Job, message: OutgoingMessage) -> None:
         self._write("\n" + plain(message.text) + "\n")
@@ -77,6 +99,15 @@ class ConsoleTransport:
 
 
 OPTIONS = ("duration", "variations", "seed", "temperature", "guidance")
+REPLY_HINT = "<continue | extend 20s | make it jazzier | ...>"
+SONG_HINT = "<redo the bridge | replace 0:40-0:55 with a guitar solo | change the second chorus to: new / lines | ...>"
+HELP = """Console commands:
+• /compose PROMPT [--duration S] [--variations N] [--seed N] [--temperature T] [--guidance G]
+• reply TRACK TEXT: what you would write in a result's thread (continue, extend 20s, make it jazzier, ...)
+• vote TRACK · like TRACK · variations TRACK · extend TRACK SECONDS_IN_ALL · remix FILE STYLE · track TRACK
+• style add|remove|list [TAG] · taste · top [week|all] · prefer set NAME VALUE | remove NAME | list
+• queue · cancel [JOB] · privacy · export · forget [tracks] · verify FILE · help · quit
+""" + console_vocals.HELP
 
 
 def parse_compose(args: list[str]) -> ComposeOptions:
@@ -119,7 +150,8 @@ async def handle_line(core: Bandmate, line: str) -> str | None:
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "reply" and len(args) >= 2:
             track = await core.track(args[0])
-            outcome = await core.reply(request, track.job_id, f"#{track.variation + 1} " + " ".join(args[1:]))
+            text = line.split(None, 2)[2]  # as typed: quotes and apostrophes are words in a reply
+            outcome = await core.reply(request, track.job_id, f"#{track.variation + 1} {text}")
             return (f"job {outcome.job.id}: " if outcome.job else "") + outcome.text
         if command == "vote" and args:
             voted = await core.vote(CONSOLE_USER, args[0])
@@ -136,10 +168,8 @@ async def handle_line(core: Bandmate, line: str) -> str | None:
             data = Path(args[0]).expanduser().read_bytes()
             job = await core.remix(request, Upload(Path(args[0]).name, data), " ".join(args[1:]))
             return f"job {job.id}: {core.queued_text(job)}"
-        if command == "song" and len(args) >= 2:
-            chorus = "melody" if args[-1] == "--melody-chorus" else "reuse"
-            sections = [a for a in args[1:] if a != "--melody-chorus"]
-            job = await core.song(request, args[0], " ".join(sections), chorus=chorus)
+        if command in ("song", "cover", "stems"):
+            job = await getattr(console_vocals, command)(core, request, args)
             return f"job {job.id}: {core.queued_text(job)}"
         if command == "style" and args and core.fingerprints is not None:
             return await core.fingerprints.style(CONSOLE_USER.user_id, args[0], " ".join(args[1:]) or None)
@@ -166,11 +196,12 @@ async def handle_line(core: Bandmate, line: str) -> str | None:
         if command == "track" and args:
             track = await core.track(args[0])
             message = await core.track_message(args[0])
-            return f"{track.duration_s:.1f} s · seed {track.seed}\n" + "\n".join(f"  {f.path}" for f in message.files)
+            return (f"{track.duration_s:.1f} s · seed {track.seed}\n" + "\n".join(f"  {f.path}" for f in message.files)
+                    + "".join(f"\n{line}" for line in ConsoleTransport._thread_lines(message, "")))
         if command == "verify" and args:
             return await core.verify_path(Path(" ".join(args)).expanduser())
         if command == "help":
-            return core.help_text()
+            return HELP + "\n\n" + core.help_text()
         if command in ("quit", "exit"):
             raise EOFError
     except Refusal as refusal:

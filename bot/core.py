@@ -37,6 +37,7 @@ _REPLY_OPERATIONS = {
     IntentKind.EXTEND: Operation.EXTEND,
     IntentKind.VARIATIONS: Operation.VARIATION,
     IntentKind.EDIT: Operation.VARIATION,
+    IntentKind.ADD_PART: Operation.VARIATION,  # no model here adds parts: "add strings" edits the prompt
     IntentKind.MORE_LIKE: Operation.MORE_LIKE,
 }
 
@@ -84,8 +85,7 @@ class _Sink:
         if job.state is not JobState.DONE:
             await self.transport.post_failure(job, views.result_message(job, tracks, core.files.absolute))
             return
-        message = views.result_message(job, tracks, core.files.absolute, await core.store.vote_tally(job.id))
-        await self.transport.post_result(job, message)
+        await self.transport.post_result(job, await core.result_message(job, tracks))
         if core.leaderboard is not None:
             window = await core.voting_window(job.guild_id)
             await core.leaderboard.open_window(job.id, job.guild_id, core.clock() + window)
@@ -221,6 +221,12 @@ class Bandmate:
             except Refusal as refusal:
                 return ReplyOutcome(refusal.user_message)
             return ReplyOutcome(self.queued_text(job), job)
+        if intent.kind is IntentKind.ADD_PART and self.vocals.offers("parts"):  # --- ACE-STEP: "add a guitar" ---
+            try:
+                job = await self.submit(await self.vocals.plan_add_part(request, tracks[index].id, intent.text))
+            except Refusal as refusal:
+                return ReplyOutcome(refusal.user_message)
+            return ReplyOutcome(self.queued_text(job), job)
         try:
             plan = await self.planner.plan_from_track(request, tracks[index].id, _REPLY_OPERATIONS[intent.kind],
                                                       seconds=intent.seconds, edit=intent.edit)
@@ -269,13 +275,20 @@ class Bandmate:
         job = await self.store.get_job(track.job_id)
         tracks = await self.store.tracks_for_job(track.job_id)
         tally = await self.store.vote_tally(track.job_id)
-        return Voted(views.result_message(job, tracks, self.files.absolute, tally), tally)
+        return Voted(await self.result_message(job, tracks, tally), tally)
+
+    async def result_message(self, job: Job, tracks: list[TrackRecord], tally: dict[str, int] | None = None,
+                             winner: str | None = None) -> OutgoingMessage:
+        """A finished job as its message, with the votes so far and 🎚 wherever stems can be made here."""
+        if tally is None:
+            tally = await self.store.vote_tally(job.id)
+        return views.result_message(job, tracks, self.files.absolute, tally, winner, self.vocals.offers("stems"))
 
     async def track_message(self, track_id: str) -> OutgoingMessage:
         """/track: one track shown again, with its buttons."""
         track = await self.track(track_id)
         job = await self.store.get_job(track.job_id)
-        return views.result_message(job, [track], self.files.absolute, await self.store.vote_tally(track.job_id))
+        return await self.result_message(job, [track])
 
     async def remove_track(self, who: Requester, track_id: str) -> str:
         """Admins remove a track and its files."""
@@ -392,6 +405,10 @@ class Bandmate:
     def help_text(self) -> str:
         return views.help_text((m, self.planner.model_info(m).license) for m in self.planner.offered_models())
 
+    def offers(self, ability: str) -> bool:
+        """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems...)."""
+        return self.vocals.offers(ability)
+
     def model_name(self, model_id: str) -> str:
         return views.model_name(model_id)
 
@@ -416,7 +433,7 @@ class Bandmate:
         tracks = await self.store.tracks_for_job(job_id)
         if job is None or not tracks:
             return
-        message = views.result_message(job, tracks, self.files.absolute, await self.store.vote_tally(job_id), winner)
+        message = await self.result_message(job, tracks, winner=winner)
         transport = self._transports.get(job.delivery.sink)
         if transport is not None:
             await transport.announce_winner(job, message, await self.links.refs_for(job_id))

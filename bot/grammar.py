@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from bot.parts import parse_part
+
 DEFAULT_EXTEND_S = 10.0
 
 
@@ -20,6 +22,7 @@ class IntentKind(str, Enum):
     EDIT = "edit"
     MORE_LIKE = "more_like"
     REPLACE = "replace"  # a part of the track made anew (bot/vocals.py; `text` is the reply without its pick)
+    ADD_PART = "add_part"  # an instrument added to the track (`text`: ACE-Step's part name; `edit`: the fallback)
     CANCEL = "cancel"
     HELP = "help"
     UNKNOWN = "unknown"
@@ -114,6 +117,10 @@ def parse_reply(text: str) -> Intent:
         return intent(IntentKind.CANCEL)
     if _REPLACE_PART.match(lowered):
         return Intent(IntentKind.REPLACE, variation=variation, text=raw)
+    part = parse_part(lowered)
+    if part is not None:  # where no model adds parts, the same words edit the prompt, as they always did
+        edit = parse_edit(lowered) or PromptEdit(add=(part.replace("_", " "),))
+        return Intent(IntentKind.ADD_PART, variation=variation, text=part, edit=edit)
     replace = re.match(r"^(?:prompt|edit|new prompt|change (?:the )?prompt to)\s*[:=]\s*(.+)$", raw, re.I)
     if replace:
         return intent(IntentKind.EDIT, edit=PromptEdit(replace=replace.group(1).strip()))
@@ -203,6 +210,8 @@ HELP_TEXT = """**Bandmate** makes music with you.
 • `more like this` — variations blended with your taste
 • `redo the bridge`, `replace 0:40-0:55 with a guitar solo`, `change the second chorus to: <new lines>`,
   `make the intro calmer` — a song's part made anew (ACE-Step songs)
+• `add a guitar part`, `add drums`, `put some strings on it` — that instrument played along and mixed in, when an
+  ACE-Step model is offered (otherwise the prompt gets the words, as above)
 • `#2 extend 10s` — pick variation 2 of a result
 • `cancel` — stop the piece being made
 **Buttons:** 🗳 vote · 🔁 variations · ➕ extend · ❤ more like this · 🎚 stems

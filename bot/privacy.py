@@ -124,6 +124,9 @@ class PrivacyService:
         elif result.tracks_anonymised:
             lines.append(f"Your {_plural(result.tracks_anonymised, 'track')} stay, anonymously: "
                          "nothing links them to you any more.")
+        if result.copied_lyrics:
+            lines.append(f"Your lyrics were also removed from {_plural(result.copied_lyrics, 'piece')} that other "
+                         "people made from your songs (covers, replaced sections); their audio stays theirs.")
         lines.append("Your musical fingerprint starts from scratch if you use Bandmate again.")
         lines.append(BACKUP_NOTE)
         lines.append(POSTED_NOTE)

@@ -18,10 +18,10 @@ from generation.jobs import Job, JobKind, JobState, Operation, TrackRecord
 
 _DOING = {Operation.CONTINUE: "Continuing", Operation.EXTEND: "Extending", Operation.VARIATION: "New take",
           Operation.MORE_LIKE: "More like this", Operation.REMIX: "Remixing", Operation.REPLACE: "Replacing a part",
-          Operation.COVER: "Covering", Operation.STEMS: "Splitting into stems"}
+          Operation.COVER: "Covering", Operation.STEMS: "Splitting into stems", Operation.ADD_PART: "Adding a part"}
 _DONE = {Operation.CONTINUE: "continued", Operation.EXTEND: "extended", Operation.VARIATION: "new take",
          Operation.MORE_LIKE: "more like this", Operation.REMIX: "remix", Operation.REPLACE: "part replaced",
-         Operation.COVER: "cover"}
+         Operation.COVER: "cover", Operation.ADD_PART: "part added"}
 
 
 def model_name(model_id: str) -> str:
@@ -104,8 +104,10 @@ def failure_text(job: Job) -> str:
 
 
 def result_message(job: Job, tracks: list[TrackRecord], absolute: Callable[[str], object],
-                   tally: dict[str, int] | None = None, winner: str | None = None) -> OutgoingMessage:
-    """The posted result: what was made, its files (the MP3s and one waveform) and its buttons."""
+                   tally: dict[str, int] | None = None, winner: str | None = None,
+                   splittable: bool | None = None) -> OutgoingMessage:
+    """The posted result: what was made, its files (the MP3s and one waveform) and its buttons. `splittable`: a
+    model offered here makes stems, so each track gets 🎚 (None: only ACE-Step's own results)."""
     if job.state is not JobState.DONE:
         return OutgoingMessage(text=failure_text(job), job_id=job.id)
     if job.kind is JobKind.STEMS:
@@ -140,7 +142,7 @@ def result_message(job: Job, tracks: list[TrackRecord], absolute: Callable[[str]
         buttons.append(Button(ButtonKind.EXTEND, track.id, f"Extend #{n}" if many else "Extend", "➕", row=row))
         buttons.append(Button(ButtonKind.MORE_LIKE, track.id, f"Like #{n}" if many else "More like this", "❤",
                               row=row))
-        buttons += vocal_views.stems_button(job, track, f"Stems #{n}" if many else "Stems", row)
+        buttons += vocal_views.stems_button(job, track, f"Stems #{n}" if many else "Stems", row, splittable)
     if first is not None:
         buttons.append(Button(ButtonKind.VARIATIONS, first.id, "Variations", "🔁", row=len(tracks) if many else 0))
         files.append(FileItem(absolute(first.png), f"bandmate-{first.id}.png", "waveform"))

@@ -14,12 +14,13 @@ from generation.lyrics import describe_sections, format_time
 THREAD_LYRICS_CHARS = 1500  # the thread's first message stays well inside a message's 2000 characters
 STEM_EMOJI = "🎚"
 SONG_REPLIES = ("Reply here to change a part: `redo the bridge`, `replace 0:40-0:55 with a guitar solo`, "
-                "`change the second chorus to: <new lines>`, `make the intro calmer` (`help` for more)")
+                "`change the second chorus to: <new lines>`, `make the intro calmer`, or add an instrument: "
+                "`add a guitar part` (`help` for more)")
 
 
 def is_ace_result(job: Job) -> bool:
     """A result the ACE-Step model made (its spec carries lyrics, even "" for an instrumental, or an ACE kind)."""
-    return job.spec.lyrics is not None or job.kind in (JobKind.REPAINT, JobKind.COVER)
+    return job.spec.lyrics is not None or job.kind in (JobKind.REPAINT, JobKind.COVER, JobKind.ADD_PART)
 
 
 def _sections(track: TrackRecord):
@@ -43,8 +44,10 @@ def detail_lines(job: Job, first: TrackRecord | None) -> list[str]:
     return lines
 
 
-def stems_button(job: Job, track: TrackRecord, label: str, row: int) -> list[Button]:
-    return [Button(ButtonKind.STEMS, track.id, label, STEM_EMOJI, row=row)] if is_ace_result(job) else []
+def stems_button(job: Job, track: TrackRecord, label: str, row: int, splittable: bool | None = None) -> list[Button]:
+    """🎚 on a result: wherever a model offered here splits stems (`splittable`), else on ACE-Step's own."""
+    show = is_ace_result(job) if splittable is None else splittable
+    return [Button(ButtonKind.STEMS, track.id, label, STEM_EMOJI, row=row)] if show else []
 
 
 def thread_text(job: Job, first: TrackRecord | None, invite: str) -> str | None:

@@ -97,12 +97,18 @@ class Vocals:
             info = info_for(model)
             if getattr(info, ability):
                 return model, info
-        what = {"lyrics": "Songs with lyrics", "cover": "Covers", "stems": "Stems", "repaint": "Replacing a part"}
+        what = {"lyrics": "Songs with lyrics", "cover": "Covers", "stems": "Stems", "repaint": "Replacing a part",
+                "parts": "Adding a part"}
         if chosen:
             name = chosen.rstrip("/").split("/")[-1]
             raise Refusal(f"{what[ability]} need an ACE-Step model; {name} can't do that.")
         raise Refusal(f"{what[ability]} need an ACE-Step model, and none is offered here (ask an admin to add one "
                       "to BANDMATE_MODELS).")
+
+    def offers(self, ability: str) -> bool:
+        """Whether an offered model can do `ability` (a `ModelInfo` field: lyrics, repaint, cover, stems, parts):
+        e.g. 🎚 goes on every result where stems can be made, whichever model made the result."""
+        return any(getattr(self.planner.model_info(m), ability, False) for m in self.planner.offered_models())
 
     # -- shared checks ----------------------------------------------------------------------------------
 
@@ -301,6 +307,28 @@ class Vocals:
         if parent is not None:
             return Plan(request, job, rate_limited=parent.user_id != request.who.user_id)
         return Plan(request, job, store_upload=self._source_store(info))
+
+    async def plan_add_part(self, request: Request, track_id: str, part: str) -> Plan:
+        """A part (an instrument) made for a track (any model's) and mixed into it: "add a guitar part"."""
+        model, info = self._capable("parts")
+        if part not in info.parts:
+            raise Refusal(f"I can add {', '.join(p.replace('_', ' ') for p in info.parts)}; not {part}.")
+        parent = await self.planner.track(track_id)
+        if parent.duration_s > self._longest(info) + 1e-6:
+            raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; parts can be added to up to "
+                          f"{human_seconds(self._longest(info))}.")
+        existing = await self.planner._existing(request)
+        if existing is not None:
+            return Plan(request, None, existing=existing)
+        await self.planner.check_quota(request.who)
+        label = part.replace("_", " ")
+        words = parent.params.get("lyrics")
+        job = self.planner._new_job(request, prompt=f"{parent.prompt}, with {label}", duration_s=parent.duration_s,
+                                    model=model, kind=JobKind.ADD_PART, operation=Operation.ADD_PART,
+                                    parent_track_id=parent.id, input_audio=parent.flac,
+                                    spec=JobSpec(part=part, lyrics=words, language=parent.params.get("language")))
+        return Plan(request, job, taste=(Operation.VARIATION.value, parent),
+                    rate_limited=parent.user_id != request.who.user_id)
 
     # -- uploads ----------------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from generation.types import Audio
+
 PEAK_TARGET = 10.0 ** (-1.0 / 20.0)  # -1 dBFS, as ACE-Step's own pipeline normalises new songs
 
 
@@ -98,3 +100,13 @@ def stems_with_other(mix: np.ndarray, stems: dict[str, np.ndarray], want_other: 
     if peak > 1.0:
         out = {k: v / np.float32(peak) for k, v in out.items()}
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def mix_in(source: Audio, part: Audio) -> np.ndarray:
+    """`part` (made at the model's rate, for the source as context) added to the source at the source's rate and
+    channels; scaled down together only when the sum would clip."""
+    original = np.asarray(source.samples, dtype=np.float32)
+    if original.ndim == 1:
+        original = original[None, :]
+    added = to_model_audio(part.samples, part.sample_rate, source.sample_rate, original.shape[0])
+    return anti_clip(original + fit_length(added, original.shape[-1])).astype(np.float32)

@@ -13,6 +13,7 @@ import logging
 from dataclasses import replace
 from typing import Callable
 
+from generation.ace_audio import mix_in
 from generation.ace_requests import DEFAULT_STEMS, AceRequest, AceTask, batch_key
 from generation.jobs import Job, JobKind
 from generation.lyrics import song_sections
@@ -21,8 +22,11 @@ from generation.types import Audio, Progress, ProgressCallback
 log = logging.getLogger(__name__)
 
 _TASKS = {JobKind.TEXT: AceTask.TEXT2MUSIC, JobKind.REPAINT: AceTask.REPAINT, JobKind.COVER: AceTask.COVER,
-          JobKind.STEMS: AceTask.EXTRACT}
+          JobKind.STEMS: AceTask.EXTRACT, JobKind.ADD_PART: AceTask.LEGO}
 ACE_KINDS = frozenset(_TASKS)
+# Cut from a stored, already finished master: rendered without a new loudness gain or fades, so a replace keeps
+# every sample outside its range and stems add back up to the track they came from.
+EDITS_OF_A_FINISHED_TRACK = frozenset({JobKind.REPAINT, JobKind.STEMS})
 
 
 def runs_ace(backend) -> bool:
@@ -45,12 +49,12 @@ def ace_request(job: Job, load: Callable[[str], Audio]) -> AceRequest:
     strength = spec.cover_strength
     if strength is None and task is AceTask.COVER and spec.strength is not None:
         strength = 1.0 - float(spec.strength)  # a variation's strength: 0 stays close, 1 goes far
-    duration = None if task in (AceTask.REPAINT, AceTask.COVER, AceTask.EXTRACT) else job.duration_s
+    duration = None if task is not AceTask.TEXT2MUSIC else job.duration_s
     return AceRequest(
         prompt=job.prompt, task=task, lyrics=spec.lyrics or "", language=spec.language or "en", duration_s=duration,
         bpm=spec.bpm, key=spec.key, variations=1 if task is AceTask.EXTRACT else job.variations, seed=job.seed,
         steps=spec.steps, source=source, start_s=start, end_s=end, strength=strength, reference=reference,
-        stems=tuple(spec.stems) or DEFAULT_STEMS,
+        stems=tuple(spec.stems) or DEFAULT_STEMS, instruments=(spec.part,) if spec.part else (),
     )
 
 
@@ -71,6 +75,8 @@ def ace_generate(backend, jobs: list[Job], load: Callable[[str], Audio], progres
 
         results = backend.generate([prepared[i] for i in members], progress=report, should_stop=should_stop)
         for i, audios in zip(members, results):
+            if prepared[i].task is AceTask.LEGO:  # the new part alone; the track is its source with the part in
+                audios = [Audio(mix_in(prepared[i].source, a), a.sample_rate) for a in audios]
             out[jobs[i].id] = audios
     return out
 
@@ -89,7 +95,7 @@ def track_details(job: Job, index: int, audio: Audio) -> tuple[dict, list[tuple[
         params["stem"] = stem
         title = f"{job.prompt[:60]} — {stem}" if job.prompt else stem
         return params, None, title
-    for name in ("language", "bpm", "key", "cover_strength"):
+    for name in ("language", "bpm", "key", "cover_strength", "part"):
         if getattr(spec, name) is not None:
             params[name] = getattr(spec, name)
     if spec.repaint is not None:

@@ -24,6 +24,8 @@ class AceTask(str, Enum):
     REPAINT = "repaint"  # a range of the source made anew; the rest kept sample-exact
     COVER = "cover"  # the source's structure in another style or voice
     EXTRACT = "extract"  # the source split into stems
+    LEGO = "lego"  # one new part (an instrument, `instruments[0]`) made to fit the source
+    COMPLETE = "complete"  # the source (a part, e.g. vocals alone) completed with the `instruments` named
 
 
 # The tracks ACE-Step 1.5 was trained to extract, and "other": the source minus the extracted stems.
@@ -70,6 +72,7 @@ class AceRequest:
     strength: float | None = None
     reference: Audio | None = None
     stems: tuple[str, ...] = field(default=DEFAULT_STEMS)
+    instruments: tuple[str, ...] = ()  # lego: the one part to add; complete: the parts to add (none: the model's)
     crossfade_s: float = REPAINT_CROSSFADE_S
 
     @property
@@ -149,6 +152,8 @@ def check_request(request: AceRequest, max_duration_s: float = MAX_SONG_S) -> Ac
             raise AceRequestError("each stem can be asked for once")
         if request.variations != 1:
             raise AceRequestError("stems come as one take")
+    if task in (AceTask.LEGO, AceTask.COMPLETE):
+        _check_instruments(request)
     if request.reference is not None and request.reference.samples.shape[-1] == 0:
         raise AceRequestError("the reference audio is empty")
     return _replace_lyrics(request, lyrics)
@@ -165,6 +170,16 @@ def _check_range(request: AceRequest) -> None:
         raise AceRequestError(f"the range {start:g}-{end:g} s is outside the track, which is {length:.1f} s long")
     if start <= 0 and end >= length - 1e-6:
         raise AceRequestError(f"the range covers the whole {length:.1f} s track; ask for a new song instead")
+
+
+def _check_instruments(request: AceRequest) -> None:
+    unknown = [s for s in request.instruments if s not in MODEL_STEMS]
+    if unknown:
+        raise AceRequestError(f"unknown part {', '.join(unknown)}; ACE-Step knows {', '.join(MODEL_STEMS)}")
+    if len(set(request.instruments)) != len(request.instruments):
+        raise AceRequestError("each part can be named once")
+    if request.task is AceTask.LEGO and len(request.instruments) != 1:
+        raise AceRequestError("adding a part takes exactly one instrument, e.g. guitar")
 
 
 def _replace_lyrics(request: AceRequest, lyrics: str) -> AceRequest:
@@ -189,6 +204,7 @@ def batch_key(request: AceRequest, strict: bool = False) -> tuple:
         (request.start_s, request.end_s) if request.task is AceTask.REPAINT else None,
         request.cover_strength if request.task is AceTask.COVER else None,
         None if reference is None else id(reference),
+        request.instruments if request.task in (AceTask.LEGO, AceTask.COMPLETE) else None,
     )
 
 

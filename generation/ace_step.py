@@ -1,4 +1,5 @@
-"""ACE-Step 1.5 through diffusers' `AceStepPipeline`: songs with sung lyrics, repaint, covers and stems, 48 kHz stereo.
+"""ACE-Step 1.5 through diffusers' `AceStepPipeline`: songs with sung lyrics, repaint, covers, stems, a part added
+to a track (lego) and a part completed into a whole arrangement (complete); 48 kHz stereo.
 
 Why it looks the way it does:
 
@@ -194,6 +195,10 @@ class AceStepBackend:
             kwargs.update(repainting_start=float(head.start_s), repainting_end=float(head.end_s))
         if task is AceTask.COVER:
             kwargs["audio_cover_strength"] = head.cover_strength
+        if task is AceTask.LEGO:
+            kwargs["track_name"] = head.instruments[0]
+        if task is AceTask.COMPLETE and head.instruments:
+            kwargs["complete_track_classes"] = list(head.instruments)
         if head.reference is not None:
             ref = to_model_audio(head.reference.samples, head.reference.sample_rate, self.sample_rate, self.channels)
             kwargs["reference_audio"] = torch.from_numpy(ref)  # the pipeline moves it to its device
@@ -230,6 +235,10 @@ class AceStepBackend:
             row += r.rows
             if r.task is AceTask.REPAINT:
                 out.append([self._spliced(r, x) for x in rows])
+            elif r.task is AceTask.LEGO:  # a part for its context: the model's own level, mixed in by the caller
+                frames = source.shape[-1]
+                out.append([Audio(anti_clip(fit_length(x, frames)).astype(np.float32), self.sample_rate)
+                            for x in rows])
             elif r.task is AceTask.EXTRACT:
                 frames = source.shape[-1]
                 stems = {name: fit_length(x, frames) for name, x in zip(r.model_stems, rows)}

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from generation.ace_requests import DEFAULT_STEMS, AceTask
+from generation.ace_requests import DEFAULT_STEMS, MODEL_STEMS, AceTask
 
 FAMILY = "ace-step"
 LICENSE = "MIT"
@@ -58,11 +58,13 @@ def model_facts(model_id: str) -> dict[str, Any]:
 
 
 def ace_step_info(model_id: str):
-    """The family's ModelInfo: lyrics, repaint, covers and stems; one duration per call; no continuation."""
+    """The family's ModelInfo: lyrics, repaint, covers, stems and added parts; one duration per call; no
+    continuation."""
     from generation.models import Family, ModelInfo
 
     facts = model_facts(model_id)
     return ModelInfo(model_id, Family.ACE_STEP, LICENSE, supports_continuation=False,
                      default_guidance=facts["default_guidance"], default_steps=facts["default_steps"],
-                     lyrics=True, repaint=True, cover=True, stems=DEFAULT_STEMS, max_duration_s=MAX_DURATION_S,
+                     lyrics=True, repaint=True, cover=True, stems=DEFAULT_STEMS, parts=MODEL_STEMS,
+                     max_duration_s=MAX_DURATION_S,
                      one_duration_per_call=True)

@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 OPERATIONS = frozenset({"compose", "variation", "continue", "extend", "remix", "song", "cover", "replace", "more_like",
-                        "stems"})
+                        "stems", "add_part"})
 # How a parent went into its child: its audio is inside the child, or it was the model's input.
-_CONTAINS_PARENT = frozenset({"continue", "extend", "replace", "song"})
+_CONTAINS_PARENT = frozenset({"continue", "extend", "replace", "song", "add_part"})
 # Bytes a manifest adds to a file besides its parents' manifests (measured ~3.5 KB; a margin for long prompts).
 BASE_MANIFEST_HEADROOM_BYTES = 8 * 1024
 INGREDIENT_HEADROOM_BYTES = 4 * 1024  # the ingredient assertion that points at a parent's manifest

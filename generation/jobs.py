@@ -46,6 +46,7 @@ class JobKind(str, Enum):
     REPAINT = "repaint"  # ACE-Step: a range of the input audio made anew, the rest kept
     COVER = "cover"  # ACE-Step: the input audio remade in another style
     STEMS = "stems"  # ACE-Step: the input audio split into stems, one track each
+    ADD_PART = "add_part"  # ACE-Step: one new part (an instrument) made to fit the input audio, mixed into it
 
 
 class Operation(str, Enum):
@@ -60,6 +61,7 @@ class Operation(str, Enum):
     REPLACE = "replace"  # a part of a track made anew (lineage: the parent and the range in the track's params)
     COVER = "cover"
     STEMS = "stems"
+    ADD_PART = "add_part"  # a part (an instrument) added to a track (lineage: the parent and the part's name)
 
 
 @dataclass(frozen=True)

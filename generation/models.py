@@ -169,6 +169,7 @@ class ModelInfo:
     repaint: bool = False  # makes a range of its own track anew (a thread reply "redo the bridge")
     cover: bool = False  # remakes any audio in another style
     stems: tuple[str, ...] = ()  # splits any audio into these stems
+    parts: tuple[str, ...] = ()  # adds one of these parts (instruments) to any audio
     max_duration_s: float | None = None  # the longest piece one call can make (None: the bot's limit decides)
     one_duration_per_call: bool = False  # every row of a call has the same length (the pipeline takes one)
 
@@ -187,7 +188,7 @@ class ModelInfo:
         if self.one_duration_per_call:  # ACE-Step: one duration, metadata, task range and reference per call
             return (None if duration_s is None else round(duration_s, 3), spec.steps, spec.bpm,
                     (spec.key or "").lower(), spec.repaint, spec.cover_strength, spec.reference_audio,
-                    has_input_audio)
+                    spec.part, has_input_audio)
         if not self.diffusion:
             return ()
         return spec.steps, spec.strength, spec.negative_prompt, has_input_audio

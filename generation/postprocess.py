@@ -416,8 +416,13 @@ def render_track(
     bitrate_kbps: int = 192,
     title: str | None = None,
     sections: list[tuple[float, str]] | None = None,
+    finish: bool = True,
 ) -> RenderedTrack:
     """Normalise and fade `audio`, then write `stem`.flac, `stem`.mp3 and `stem`.png into `out_dir`.
+
+    `finish=False` writes the audio as it is: for audio cut from a track that was already finished (a replaced
+    section keeps its source exact outside the range; stems add back up to their mix), where a new gain or fade
+    would change every sample the model did not touch.
 
     `title` (default: the prompt, shortened) goes into the MP3's title tag and onto the waveform. `sections`
     ((start_s, label), for songs) become labelled marks on the waveform and ID3 chapters in the MP3.
@@ -427,7 +432,7 @@ def render_track(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rate = audio.sample_rate
-    samples = apply_fades(normalize_loudness(audio.samples, rate), rate)
+    samples = apply_fades(normalize_loudness(audio.samples, rate), rate) if finish else audio.samples
     title = title or display_title(provenance.prompt)
 
     flac = write_flac(samples, rate, out_dir / f"{stem}.flac")

@@ -16,7 +16,8 @@ import soundfile as sf
 
 from generation import __version__, chain
 from generation.backend import Backend
-from generation.ace_jobs import ACE_KINDS, ace_generate, runs_ace, track_details
+from generation.ace_audio import repaint_bounds
+from generation.ace_jobs import ACE_KINDS, EDITS_OF_A_FINISHED_TRACK, ace_generate, runs_ace, track_details
 from generation.continuation import WINDOW_SEED_STRIDE, ContinuationError, continue_audio
 from generation.jobs import Job, JobKind, Operation, TrackRecord
 from generation.postprocess import Provenance, render_track, write_wav_float
@@ -88,9 +89,19 @@ class JobRunner:
             if self.watermark is None:
                 log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
                 continue
-            audios[job.id] = [Audio(self.watermark.embed(a.samples, a.sample_rate, job.spec.watermark),
-                                    a.sample_rate) for a in audios[job.id]]
+            audios[job.id] = [self._marked(job, a) for a in audios[job.id]]
         return audios
+
+    def _marked(self, job: Job, audio: Audio) -> Audio:
+        """The audio with the job's watermark. A replaced part is the only new audio of a replace: the rest is its
+        source, which carries its own mark already, so only the range takes the new one and the rest stays exact."""
+        marked = self.watermark.embed(audio.samples, audio.sample_rate, job.spec.watermark)
+        if job.kind is JobKind.REPAINT and job.spec.repaint is not None:
+            start, end = repaint_bounds(*job.spec.repaint, audio.samples.shape[-1], audio.sample_rate)
+            kept = np.array(audio.samples, copy=True)
+            kept[..., start:end] = marked[..., start:end]
+            marked = kept
+        return Audio(marked, audio.sample_rate)
 
     def _generate(
         self,
@@ -229,7 +240,8 @@ class JobRunner:
             )
             mp3_rel = self.media.path_for(track_id, "mp3")
             out_dir = self.media.absolute(mp3_rel).parent
-            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections, title=title)
+            rendered = render_track(audio, provenance, out_dir, track_id, sections=sections, title=title,
+                                    finish=job.kind not in EDITS_OF_A_FINISHED_TRACK)
             tracks.append(TrackRecord(
                 id=track_id, job_id=job.id, variation=i, prompt=job.prompt, seed=job.seed + i, model=job.model,
                 duration_s=rendered.duration_s, params=params, mp3=mp3_rel,

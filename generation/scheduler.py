@@ -175,7 +175,8 @@ class Scheduler:
         return sum(len(q) for q in self._queued.values())
 
     def pending_for(self, user_id: str) -> int:
-        running = sum(1 for b in self._batches for j in b.jobs if j.user_id == user_id)
+        # A finished job stays in its batch while it is delivered: it is not waiting any more (its person may reply).
+        running = sum(1 for b in self._batches for j in b.jobs if j.user_id == user_id and j.state is JobState.RUNNING)
         return len(self._queued.get(user_id, ())) + running
 
     async def submit(self, job: Job) -> Job:

@@ -58,6 +58,7 @@ class JobSpec:
     cover_strength: float | None = None  # 1 keeps the source's structure most, 0 is a new song
     reference_audio: str | None = None  # a stored upload whose sound the result takes ("sound like this")
     stems: tuple[str, ...] = ()  # the stems to split the input audio into
+    part: str | None = None  # the instrument to add to the input audio (one of ACE-Step's track names)
     not_before: float | None = None  # epoch seconds: the job starts no earlier (its user's rate limit)
     manifest_prompt: bool = True  # the prompt may go into the file's Content Credentials (the server's setting)
     watermark: int | None = None  # the 16-bit watermark message to embed (BANDMATE_WATERMARK); None: none
@@ -68,7 +69,7 @@ class JobSpec:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
-        for name in ("lyrics", "language", "bpm", "key", "cover_strength", "reference_audio"):
+        for name in ("lyrics", "language", "bpm", "key", "cover_strength", "reference_audio", "part"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -113,6 +114,7 @@ class JobSpec:
         spec.key = _string(data.get("key"))
         spec.cover_strength = _number(data.get("cover_strength"))
         spec.reference_audio = _string(data.get("reference_audio"))
+        spec.part = _string(data.get("part"))
         start, end = _number(data.get("repaint_start_s")), _number(data.get("repaint_end_s"))
         spec.repaint = (start, end) if start is not None and end is not None else None
         stems = data.get("stems")

@@ -43,6 +43,8 @@ UNION SELECT flac FROM tracks WHERE deleted = 0
 UNION SELECT input_audio FROM jobs WHERE input_audio IS NOT NULL
     -- a finished chain's window jobs (generation/chain.py) read intermediate audio that is deleted when it ends
     AND (json_extract(spec, '$.window_of') IS NULL OR state IN ('queued', 'running'))
+-- a "sound like this" reference upload: a queued song needs it, and a new take of a song reuses it
+UNION SELECT json_extract(spec, '$.reference_audio') FROM jobs WHERE json_extract(spec, '$.reference_audio') IS NOT NULL
 """
 
 

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import sqlite_utils
 
 from generation.spec import JobSpec
-from storage.song_privacy import erase_song_words
+from storage.song_privacy import erase_copied_words, erase_song_words
 from storage.database import Database
 from storage.files import FileStore
 
@@ -69,6 +69,7 @@ class ForgetResult:
     tracks_deleted: int = 0  # live tracks marked deleted (delete_tracks=True)
     tracks_anonymised: int = 0  # track rows whose user id was removed (both modes)
     uploads: int = 0  # uploaded input audio files of their jobs
+    copied_lyrics: int = 0  # others' jobs and tracks (covers, replacements of their songs) that lost their words
     files_removed: list[str] = field(default_factory=list)
     files_missing: list[str] = field(default_factory=list)  # referenced but already gone from disk
     scrubbed: bool = False  # VACUUM and a full WAL checkpoint succeeded
@@ -328,6 +329,8 @@ class PrivacyStore:
                 for (spec_text,) in ex(f"SELECT spec FROM jobs WHERE id IN ({marks})", job_ids).fetchall():
                     files.extend(JobSpec.from_dict(_json_obj(spec_text)).files())
                 files.extend(erase_song_words(db, job_ids, track_ids))  # lyrics and reference uploads
+            if track_ids:  # their words in covers and replacements that others made of their songs
+                result.copied_lyrics = erase_copied_words(db, track_ids, job_ids)
 
             # After the tracks changed: an upload is removed unless a live track (anyone's) still uses the file.
             uploads = _orphan_uploads(db, job_ids)

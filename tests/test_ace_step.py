@@ -68,7 +68,7 @@ def test_family_detection_and_facts_without_loading():
     facts = model_facts("ACE-Step/acestep-v15-xl-turbo-diffusers")
     assert (facts["license"], facts["sample_rate"], facts["max_duration_s"], facts["default_steps"]) == (
         "MIT", 48_000, 600.0, 8)
-    assert facts["tasks"] == ("text2music", "repaint", "cover", "extract")
+    assert facts["tasks"] == ("text2music", "repaint", "cover", "extract", "lego", "complete")
 
 
 def test_fixture_matches_its_build_script_and_stays_small(tmp_path):
@@ -215,6 +215,31 @@ def test_stems_one_audio_per_stem_adding_up_to_the_mix(ace, song):
     named = ace.generate([req("", task=AceTask.EXTRACT, source=song, stems=("vocals", "drums", "bass"))])[0]
     assert len(drums) == 1 and len(named) == 3
     assert np.abs(drums[0].samples - named[1].samples).max() < 5e-3  # the stem batched or alone (see padding)
+
+
+def test_lego_adds_one_part_and_complete_fills_in_the_rest(ace, song):
+    """The two remaining task types: a part made to fit the source (lego), and the source completed with the
+    parts named (complete); both at the source's length, 48 kHz stereo, deterministic, the part name mattering."""
+    guitar = ace.generate([req("warm guitar", task=AceTask.LEGO, source=song, instruments=("guitar",), seed=3)])[0]
+    drums = ace.generate([req("warm guitar", task=AceTask.LEGO, source=song, instruments=("drums",), seed=3)])[0]
+    full = ace.generate([req("full band", task=AceTask.COMPLETE, source=song, instruments=("drums", "bass"),
+                             variations=2, seed=3)])[0]
+    default = ace.generate([req("full band", task=AceTask.COMPLETE, source=song, seed=3)])[0]
+    for audio in (*guitar, *drums, *full, *default):
+        assert audio.sample_rate == SR and audio.samples.shape == song.samples.shape
+        assert np.isfinite(audio.samples).all() and 0.0 < np.abs(audio.samples).max() <= 1.0 + 1e-6
+    assert all(np.abs(a.samples).max() > 0.5 for a in (*full, *default))  # a whole track, at -1 dBFS peak
+    assert len(guitar) == 1 and len(full) == 2 and gap(full[0], full[1]) > 1e-3
+    assert gap(guitar[0], drums[0]) > 1e-4  # the instruction names the part
+    assert gap(full[0], default[0]) > 1e-4
+    again = ace.generate([req("warm guitar", task=AceTask.LEGO, source=song, instruments=("guitar",), seed=3)])[0]
+    assert np.array_equal(again[0].samples, guitar[0].samples)
+    with pytest.raises(AceRequestError, match="exactly one instrument"):
+        ace.generate([req(task=AceTask.LEGO, source=song, instruments=("guitar", "bass"))])
+    with pytest.raises(AceRequestError, match="unknown part kazoo"):
+        ace.generate([req(task=AceTask.COMPLETE, source=song, instruments=("kazoo",))])
+    with pytest.raises(AceRequestError, match="needs a source track"):
+        ace.generate([req(task=AceTask.LEGO, instruments=("guitar",))])
 
 
 def test_stems_refusals(ace, song):

@@ -13,7 +13,6 @@ import pytest_asyncio
 import soundfile as sf
 from mutagen.id3 import ID3
 
-from bot import views
 from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Request, Requester, Upload
 from bot.fingerprint import Fingerprints
 from bot.planner import Planner
@@ -60,7 +59,6 @@ async def world(tmp_path, models, tiny_model_path):
                       fingerprints=fingerprints)
     core = Bandmate(planner=planner, scheduler=scheduler, store=store, links=links, files=files,
                     fingerprints=fingerprints, leaderboard=Leaderboard(db))
-    core.result_message = lambda job, tracks, **kw: views.result_message(job, tracks, files.absolute, **kw)
 
     async def finished(job):
         await asyncio.wait_for(sink.event(job.id).wait(), 120)
@@ -87,7 +85,7 @@ async def test_three_jazz_votes_blend_jazz_into_more_like_this(world):
     assert "jazz" in more.spec.blended and "jazz" in more.prompt
     done, more_tracks = await world.finished(more)
     assert done.state is JobState.DONE and more_tracks[0].parent_track_id == tracks[0].id
-    message = world.result_message(done, more_tracks)
+    message = await world.result_message(done, more_tracks)
     assert "Blended in your taste: jazz" in plain(message.text)
     # bob never voted: nothing to blend for him
     same = await world.from_track(req(BOB), tracks[0].id, Operation.MORE_LIKE)
@@ -175,7 +173,7 @@ async def test_votes_close_with_a_winner_and_feed_the_leaderboard(world):
     await world.vote(ALICE, tracks[1].id)
     await world.leaderboard.open_window(job.id, "g1", time.time() - 1)
     assert await world.leaderboard.close_due(time.time()) == [(job.id, tracks[1].id)]
-    message = world.result_message(job, tracks, tally=await world.store.vote_tally(job.id), winner=tracks[1].id)
+    message = await world.result_message(job, tracks, winner=tracks[1].id)
     assert "#2 won with 2 votes" in plain(message.text)
     top = await world.top("g1", "week")
     assert tracks[1].id in plain(top.text).splitlines()[1]

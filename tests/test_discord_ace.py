@@ -80,6 +80,13 @@ async def test_a_thread_reply_replaces_the_chorus(fake, bot, tmp_path):
     assert "Verse" in hint.content and "Chorus" in hint.content
 
 
+async def test_a_thread_reply_adds_an_instrument(fake, bot, tmp_path):
+    thread = RESULTS["thread"]
+    await fake.post(thread, "add a guitar part", user=fake.user)
+    added = await fake.wait_for_message(thread, lambda m: bool(mp3s(m)) and "part added" in m.content, timeout=120)
+    assert abs(seconds(mp3s(added)[0].data, tmp_path) - SONG_S) <= FRAME_S
+
+
 async def test_cover_of_the_song(fake, bot, tmp_path):
     result = await command(fake, "cover", {"style": "acoustic folk", "track": RESULTS["track"], "strength": 0.6})
     assert "cover" in result.content
@@ -98,3 +105,25 @@ async def test_the_stems_button_posts_one_mp3_per_stem(fake, bot, tmp_path):
     assert names == ["vocals.mp3", "drums.mp3", "bass.mp3", "other.mp3"]
     for attachment in mp3s(stems):
         assert abs(seconds(attachment.data, tmp_path) - SONG_S) <= FRAME_S
+
+
+async def test_long_lyrics_typed_in_the_form_keep_their_lines(fake, bot, tmp_path):
+    shown = await fake.slash("song", {"prompt": "folk ballad", "duration": 4.0, "seed": 2, "lyrics_form": True})
+    await fake.wait_for_callback(shown, timeout=5)
+    assert shown.response_type == 9  # the form, not a deferral: the words are not known yet
+    words = "[verse]\nriver running slow\nunder northern skies\n[chorus]\nhome again"
+    submitted = await fake.submit_modal(shown, {"bandmate:lyrics": words})
+    await fake.wait_for_callback(submitted, timeout=5)
+    result = await fake.wait_for_message(fake.text_channel, lambda m: bool(mp3s(m)) and m.id not in SEEN,
+                                         timeout=120)
+    SEEN.add(result.id)
+    assert abs(seconds(mp3s(result)[0].data, tmp_path) - 4.0) <= FRAME_S
+    thread = await fake.wait_until(lambda: fake.message(result.id).thread_id, timeout=10, what="a thread")
+    intro = await fake.wait_for_message(thread, lambda m: "Lyrics" in m.content, timeout=10)
+    assert "river running slow\nunder northern skies" in intro.content
+
+    refused = await fake.slash("song", {"prompt": "folk", "lyrics_form": True})
+    await fake.wait_for_callback(refused, timeout=5)
+    blocked = await fake.submit_modal(refused, {"bandmate:lyrics": "[verse]\n" + "la la\n" * 170})
+    callback = await fake.wait_for_callback(blocked, timeout=5)
+    assert blocked.response_type == 4 and "lines" in callback.json["data"]["content"]

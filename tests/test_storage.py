@@ -581,6 +581,21 @@ async def test_backup_restore_round_trip(tmp_path: Path, env):
 
 
 @pytest.mark.asyncio
+async def test_backup_keeps_reference_uploads_and_restores_them(tmp_path: Path, env):
+    """A queued song's "sound like this" reference is part of the job: a restore without it would fail it."""
+    db, files, store = env
+    rel = files.path_for("jobref", "flac")
+    files.write_bytes(rel, payload("reference"))
+    job = make_job(prompt="sing it", idempotency_key="ref")
+    job.spec.reference_audio = rel
+    await store.add_job(job)
+    result = await asyncio.to_thread(backup, db.path, files.root, tmp_path / "backup")
+    assert rel in [f["path"] for f in result.files]
+    restore(tmp_path / "backup", tmp_path / "fresh")
+    assert FileStore(tmp_path / "fresh").absolute(rel).read_bytes() == payload("reference")
+
+
+@pytest.mark.asyncio
 async def test_backup_while_writer_active(tmp_path: Path, env):
     db, files, store = env
     for i in range(10):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from mutagen.id3 import ID3
 from bot import views
 from bot.core import Bandmate, ComposeOptions, CoreConfig, Refusal, Request, Requester, SongOptions
 from bot.grammar import IntentKind, parse_reply
+from bot.messages import ButtonKind
 from bot.guild_settings import ServerSettings
 from bot.planner import Planner
 from bot.privacy import PrivacyService
@@ -143,6 +145,18 @@ def test_replies_that_name_a_part_are_replace_intents():
     assert parse_reply("add a guitar solo").kind is IntentKind.EDIT
 
 
+def test_replies_that_add_an_instrument_name_acesteps_part():
+    for text, part in [("add a guitar part", "guitar"), ("add drums", "drums"), ("put some strings on it", "strings"),
+                       ("add backing vocals to this", "backing_vocals"), ("please add a piano line", "keyboard"),
+                       ("#2 add some bass", "bass")]:
+        intent = parse_reply(text)
+        assert (intent.kind, intent.text) == (IntentKind.ADD_PART, part), text
+        assert intent.edit is not None and intent.edit.add  # what a server without ACE-Step does with it
+    assert parse_reply("#2 add some bass").variation == 2
+    for text in ("add strings and make it jazzier", "add 20s", "add a kazoo", "make it jazzier"):
+        assert parse_reply(text).kind is not IntentKind.ADD_PART, text
+
+
 def test_inline_lyrics_and_keys():
     assert inline_lyrics("[verse] a b / c d [chorus] e") == "[verse]\na b\nc d\n[chorus]\ne"
     assert inline_lyrics("[verse]\na / b") == "[verse]\na / b"  # real line breaks: kept as written
@@ -226,6 +240,31 @@ async def test_replies_replace_the_named_section_with_lineage(world):
 
 
 @pytest.mark.asyncio
+async def test_stored_replace_is_sample_exact_outside_its_range_and_stems_add_up(world):
+    """What is stored and posted, after rendering: a replaced track keeps every sample of its parent outside the
+    range (no new loudness gain or fade), and stems add back up to the mix they came from."""
+    job, (parent,) = await song(world, lyrics="[verse]\nwalking down the street\n[chorus]\noh we sing")
+    outcome = await world.reply(req(), job.id, "replace 0:03-0:06 with a guitar solo")
+    _, (replaced,) = await world.finished(outcome.job)
+    before, rate = sf.read(str(world.path(parent.flac)), dtype="float64", always_2d=True)
+    after, _ = sf.read(str(world.path(replaced.flac)), dtype="float64", always_2d=True)
+    assert after.shape == before.shape
+    start, end = 3 * rate, 6 * rate
+    assert np.array_equal(after[:start], before[:start]) and np.array_equal(after[end:], before[end:])
+    fade = int(0.05 * rate)
+    assert np.abs(after[start + fade:end - fade] - before[start + fade:end - fade]).max() > 1e-3
+
+    stems_job, stems = await world.finished(await world.submit(await world.plan_stems(req(), track_id=parent.id)))
+    parts = [sf.read(str(world.path(t.flac)), dtype="float64", always_2d=True)[0] for t in stems]
+    assert [t.params["stem"] for t in stems] == ["vocals", "drums", "bass", "other"]
+    total = sum(parts)
+    # One factor for all stems (<= 1: lowered together only if one would clip), each rounded once to 24 bits.
+    scale = float((total * before).sum() / (before * before).sum())
+    assert 0.0 < scale <= 1.0 + 1e-6
+    assert np.abs(total - scale * before).max() < 8 * 2.0 ** -23
+
+
+@pytest.mark.asyncio
 async def test_replace_refusals_say_why_and_queue_nothing(world):
     job, tracks = await song(world, lyrics="[verse]\nwalking down the street\n[chorus]\noh we sing")
     before = world.jobs_count()
@@ -265,6 +304,41 @@ async def test_cover_and_stems_of_a_musicgen_track(world):
     with pytest.raises(Refusal):
         await world.plan_cover(req(), "x", track_id=parent.id, strength=1.5)
 
+    # ACE-Step is offered here, so the MusicGen result itself carries 🎚; a server without it shows none.
+    posted = await world.result_message(await world.store.get_job(parent.job_id), [parent])
+    assert [b.target for b in posted.buttons if b.kind is ButtonKind.STEMS] == [parent.id]
+    world.planner.config = replace(world.planner.config, models=())
+    posted = await world.result_message(await world.store.get_job(parent.job_id), [parent])
+    assert not [b for b in posted.buttons if b.kind is ButtonKind.STEMS]
+
+
+@pytest.mark.asyncio
+async def test_add_a_part_to_any_track_mixes_it_in_with_lineage(world):
+    plan = await world.plan_compose(req(), ComposeOptions(prompt="piano ballad", duration_s=2.0, seed=5))
+    job, (parent,) = await world.finished(await world.submit(plan))
+    before = world.jobs_count()
+    outcome = await world.reply(req(), job.id, "add a guitar part")
+    assert outcome.job is not None, outcome.text
+    assert world.jobs_count() == before + 1
+    added = outcome.job
+    assert (added.kind, added.operation, added.spec.part, added.model) == (JobKind.ADD_PART, Operation.ADD_PART,
+                                                                            "guitar", ACE)
+    done, (track,) = await world.finished(added)
+    assert done.state is JobState.DONE, done.error
+    assert track.parent_track_id == parent.id and track.params["part"] == "guitar"
+    assert abs(seconds(world.path(track.flac)) - 2.0) < 1e-3
+    original, rate = sf.read(str(world.path(parent.flac)), dtype="float64", always_2d=True)
+    mixed, mixed_rate = sf.read(str(world.path(track.flac)), dtype="float64", always_2d=True)
+    assert mixed_rate == 48_000 and np.abs(mixed).max() > 0
+    message = await world.result_message(done, [track])
+    assert "part added" in plain(message.text)
+
+    # Without an ACE-Step model the same words change the prompt, as before.
+    world.planner.config = replace(world.planner.config, models=())
+    fallback = await world.reply(req(), job.id, "add drums")
+    assert fallback.job.kind is JobKind.TEXT and "drums" in fallback.job.prompt
+    assert fallback.job.operation is Operation.VARIATION
+
 
 # --- lyrics are the person's data --------------------------------------------------------------------------------
 
@@ -279,6 +353,29 @@ async def test_export_includes_lyrics_and_forget_erases_them(world):
     kept = await world.store.tracks_for_job(job.id)
     assert kept and "lyrics" not in kept[0].params and "sections" in kept[0].params
     assert not (await world.store.get_job(job.id)).spec.lyrics
+
+
+@pytest.mark.asyncio
+async def test_forget_erases_their_words_from_covers_and_replacements_others_made(world):
+    job, (parent,) = await song(world, lyrics="[verse]\nmy secret words\n[chorus]\nsecret chorus")
+    bob = Requester(user_id="bob", guild_id="g1", channel_id="c1")
+    bobs = await world.reply(Request(bob, delivery=DeliveryAddress("test")), job.id, "redo the chorus")
+    assert bobs.job is not None, bobs.text
+    _, (bobs_track,) = await world.finished(bobs.job)
+    carol = Requester(user_id="carol", guild_id="g1", channel_id="c1")
+    carols = await world.reply(Request(carol, delivery=DeliveryAddress("test")), bobs.job.id, "redo the verse")
+    carol_job, (carols_track,) = await world.finished(carols.job)
+    assert "my secret words" in carols.job.spec.lyrics and "my secret words" in carols_track.params["lyrics"]
+
+    said = plain(await world.privacy.forget("alice", delete_tracks=False))
+    assert "removed from 2 pieces that other people made" in said, said  # bob's, and carol's made from bob's
+    for job_id in (bobs.job.id, carol_job.id):
+        kept = await world.store.get_job(job_id)
+        assert not kept.spec.lyrics and kept.user_id in ("bob", "carol")
+        (track,) = await world.store.tracks_for_job(job_id)
+        assert "lyrics" not in track.params and world.path(track.mp3).exists()
+    exported = await world.privacy.export_json("bob")
+    assert b"my secret words" not in exported
 
 
 # --- "sound like this", and batching by the family's key -----------------------------------------------------------

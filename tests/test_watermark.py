@@ -186,3 +186,24 @@ def test_download_fails_clearly_offline(tmp_path) -> None:
     with pytest.raises(WatermarkError, match=r"could not download .*HF_HUB_OFFLINE"):
         download_weights(tmp_path / "audioseal")
     assert not (tmp_path / "audioseal" / GENERATOR_FILE).exists()
+
+
+def test_a_replaced_part_takes_the_mark_only_inside_its_range(marker, tmp_path) -> None:
+    """A replace's source already carries its mark; re-marking the whole track would change every sample the
+    replace promised to keep (generation/runner.py JobRunner._marked)."""
+    from generation.jobs import Job, JobKind
+    from generation.runner import JobRunner
+    from generation.types import Audio
+    from storage.files import FileStore
+
+    runner = JobRunner(lambda model: None, FileStore(tmp_path), watermark=marker)
+    samples = music(3.0, rate=SR)
+    job = Job(user_id="u", prompt="solo", duration_s=3.0, model="m", kind=JobKind.REPAINT)
+    job.spec.repaint, job.spec.watermark = (1.0, 2.0), server_message(SERVER)
+    out = runner._marked(job, Audio(samples, SR)).samples
+    a, b = SR, 2 * SR
+    assert np.array_equal(out[..., :a], samples[..., :a]) and np.array_equal(out[..., b:], samples[..., b:])
+    assert np.abs(out[..., a:b] - samples[..., a:b]).max() > 0  # the new part is marked
+    whole = Job(user_id="u", prompt="song", duration_s=3.0, model="m")
+    whole.spec.watermark = server_message(SERVER)
+    assert np.abs(runner._marked(whole, Audio(samples, SR)).samples[..., :a] - samples[..., :a]).max() > 0

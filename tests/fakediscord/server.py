@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .gateway import INVALID_SESSION, RECONNECT, Gateway
 from .rest import API_PREFIX, INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK, FaultRule, RestApi
+from .modals import modal_submission
 from .state import (
     Channel,
     ChannelType,
@@ -349,6 +350,14 @@ class FakeDiscord:
         who = self._user(user) if user is not None else self.user
         return await self._interact(InteractionType.MESSAGE_COMPONENT, data, ch, who, self.state.guild_of(ch),
                                     message=msg)
+
+    async def submit_modal(self, shown: Interaction, values: dict[str, str], *,
+                           user: Optional[UserRef] = None) -> Interaction:
+        """A user fills in and submits the modal ``shown`` was answered with; INTERACTION_CREATE type 5."""
+        data = modal_submission(shown, values)
+        ch = self.state.channels[shown.channel_id]
+        who = self._user(user) if user is not None else shown.user
+        return await self._interact(InteractionType.MODAL_SUBMIT, data, ch, who, self.state.guild_of(ch))
 
     async def post(self, channel_or_thread: ChannelRef, text: str, *, user: Optional[UserRef] = None,
                    reference: Optional[MessageRef] = None, attachments: Optional[list[FileSpec]] = None) -> Message:

@@ -14,6 +14,7 @@ from discord.ext import commands
 from bot.core import Request, SongOptions, UploadInfo
 from bot.discord.actions import InteractionJobs, answer, download_attachment
 from bot.discord.cogs.vocals import read_lyrics_file
+from bot.discord.lyrics_form import LyricsForm
 from bot.discord.render import NO_PINGS, build_view, render
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class CollabCog(commands.Cog):
                            chorus="How a chorus returns: the same audio, or a new take on its melody",
                            lyrics="Words to sing: [verse] ... [chorus] ... (\" / \" breaks a line); ACE-Step models",
                            lyrics_file="A .txt file with the lyrics, for long ones",
+                           lyrics_form="Type the lyrics in a form, with line breaks",
                            language="The sung language, e.g. en", bpm="Tempo in beats a minute",
                            key="e.g. C major, F# minor", duration="Seconds (default: as long as the lyrics need)",
                            reference="Audio whose sound the song takes (\"sound like this\")")
@@ -102,27 +104,36 @@ class CollabCog(commands.Cog):
                    sections: app_commands.Range[str, 1, 400] | None = None,
                    seed: app_commands.Range[int, 0, 2147483647] | None = None,
                    chorus: str = "reuse", lyrics: app_commands.Range[str, 1, 4000] | None = None,
-                   lyrics_file: discord.Attachment | None = None,
+                   lyrics_file: discord.Attachment | None = None, lyrics_form: bool = False,
                    language: app_commands.Range[str, 2, 10] | None = None,
                    bpm: app_commands.Range[int, 30, 300] | None = None, key: app_commands.Range[str, 1, 20] | None = None,
                    duration: app_commands.Range[float, 1.0, 600.0] | None = None,
                    reference: discord.Attachment | None = None) -> None:
         """A whole song: sung from lyrics (ACE-Step), or sections with a chorus that really returns."""
-        sung = lyrics is not None or lyrics_file is not None or reference is not None or not sections
+        sung = (lyrics is not None or lyrics_file is not None or lyrics_form or reference is not None
+                or not sections)
 
-        async def plan(request: Request):
-            if not sung:
-                return await self.core.plan_song(request, prompt, sections, seed=seed, chorus=chorus)
-            words = lyrics or ""
-            if lyrics_file is not None:
-                words = await read_lyrics_file(lyrics_file)
-            opts = SongOptions(prompt=prompt, lyrics=words, language=language, bpm=bpm, key=key, duration_s=duration,
-                               seed=seed)
-            info = UploadInfo(reference.filename, reference.size) if reference is not None else None
-            return await self.core.plan_lyric_song(request, opts, info)
+        def planned(typed: str | None = None):
+            async def plan(request: Request):
+                if not sung:
+                    return await self.core.plan_song(request, prompt, sections, seed=seed, chorus=chorus)
+                words = typed if typed is not None else lyrics or ""
+                if lyrics_file is not None:
+                    words = await read_lyrics_file(lyrics_file)
+                opts = SongOptions(prompt=prompt, lyrics=words, language=language, bpm=bpm, key=key,
+                                   duration_s=duration, seed=seed)
+                info = UploadInfo(reference.filename, reference.size) if reference is not None else None
+                return await self.core.plan_lyric_song(request, opts, info)
+            return plan
 
         download = (lambda: download_attachment(reference)) if sung and reference is not None else None
-        await self.jobs.start(interaction, plan, download)
+        if lyrics_form and lyrics is None and lyrics_file is None:  # the words come from the form's submission
+            async def submitted(form_interaction: discord.Interaction, typed: str) -> None:
+                await self.jobs.start(form_interaction, planned(typed), download)
+
+            await interaction.response.send_modal(LyricsForm(submitted))
+            return
+        await self.jobs.start(interaction, planned(), download)
 
     @app_commands.command(name="extend")
     @app_commands.describe(track="The track id (in its file name)", seconds="Total length to reach, up to 300")
