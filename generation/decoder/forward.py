@@ -2,7 +2,9 @@
 
 Modules are the loaded MusicGen's: the per-codebook embeddings, the sinusoidal positions, each decoder layer's
 norms, projections and feed-forward, the final norm and the per-codebook heads. Only attention is written here
-(with `scaled_dot_product_attention`), because the cache is ours.
+(with `scaled_dot_product_attention`), because the cache is ours. Each layer's query/key/value projections and the
+per-codebook heads run as one matrix product each (`fuse_linears`: the modules' weights become views of the fused
+weight, so the model's own path and this one read the same memory and give the same numbers).
 
 Three ways to run a step (see `StepMode`):
 - EXACT: every job on its own rows, each call shaped as `generate` shapes a job run alone. A job's numbers can
