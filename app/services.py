@@ -149,7 +149,7 @@ class Application:
         fingerprints = Fingerprints(TasteStore(self.db))
         presets = PresetService(self.settings_store, max_prompt_chars=config.max_prompt_chars)
         server_settings = ServerSettings(self.settings_store, BotLimits(
-            max_duration_s=config.max_duration_s, max_variations=config.max_variations,
+            max_duration_s=config.max_duration_s, max_song_s=config.max_song_s, max_variations=config.max_variations,
             models=tuple(dict.fromkeys((settings.model, *settings.extra_models)))))
         planner = Planner(scheduler=self.scheduler, store=self.store, links=self.links, files=self.files,
                           config=config, model_info=model_info, presets=presets, server_settings=server_settings,

@@ -36,6 +36,7 @@ class BotLimits:
     """The bot's own limits: a server cannot choose a default the bot itself would refuse."""
 
     max_duration_s: float = 30.0
+    max_song_s: float = 240.0  # BANDMATE_MAX_SONG_S: the longest ACE-Step song (a server may choose less)
     max_variations: int = MAX_VARIATIONS
     models: tuple[str, ...] = ()
 
@@ -89,6 +90,17 @@ def _whole(value: Any, what: str) -> int:
 def _check_duration(value: Any, limits: BotLimits) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 <= value <= limits.max_duration_s:
         raise Refusal(f"The default duration must be between 1 and {limits.max_duration_s:g} seconds.")
+    return float(value)
+
+
+MIN_SONG_LIMIT_S = 10.0
+
+
+def _check_song_length(value: Any, limits: BotLimits) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not MIN_SONG_LIMIT_S <= value <= limits.max_song_s:
+        raise Refusal(f"The longest song must be between {MIN_SONG_LIMIT_S:g} seconds and "
+                      f"{human_seconds(limits.max_song_s)} (the bot's own limit).")
     return float(value)
 
 
@@ -189,6 +201,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("default_duration_s", None, "default duration", _read_number, _check_duration,
             lambda v: "bot default" if v is None else f"{v:g} s"),
+    Setting("max_song_s", None, "longest song (ACE-Step)", _read_number, _check_song_length,
+            lambda v: "bot default" if v is None else human_seconds(v)),
     Setting("default_model", None, "default model", _read_text, _check_model,
             lambda v: "bot default" if v is None else f"`{v}`"),
     Setting("max_variations", MAX_VARIATIONS, "variations per request", _read_whole, _check_variations,

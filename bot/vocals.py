@@ -129,8 +129,14 @@ class Vocals:
         """Presets, the server's channel rules and blocklist, the prompt's limits (as every command has)."""
         return (await self.planner.prepare(request.who, ComposeOptions(prompt=prompt))).prompt
 
-    def _longest(self, info: ModelInfo) -> float:
-        return min(self.config.max_song_s, info.max_duration_s or self.config.max_song_s)
+    async def _longest(self, info: ModelInfo, guild_id: str | None) -> float:
+        """The longest song (or source track) here: the bot's limit, the model's, and the server's own choice."""
+        longest = min(self.config.max_song_s, info.max_duration_s or self.config.max_song_s)
+        if guild_id and self.planner.server_settings is not None:
+            chosen = (await self.planner.server_settings.get(guild_id)).max_song_s
+            if chosen is not None:
+                longest = min(longest, float(chosen))
+        return longest
 
     # -- /song with lyrics ------------------------------------------------------------------------------
 
@@ -150,7 +156,7 @@ class Vocals:
         language = (opts.language or "en").strip().lower()
         if not _LANGUAGE.match(language):
             raise Refusal("Give the language as a short code like `en`, `es`, `ja` or `pt-br`.")
-        longest = self._longest(info)
+        longest = await self._longest(info, request.who.guild_id)
         if opts.duration_s is not None:
             if not 1.0 <= opts.duration_s <= longest:
                 raise Refusal(f"A song can be 1 s to {human_seconds(longest)} long here.")
@@ -264,9 +270,10 @@ class Vocals:
         parent = await self.planner.track(track_id) if track_id else None
         if upload is not None:
             self.planner.check_upload(upload)
-        if parent is not None and parent.duration_s > self._longest(info) + 1e-6:
+        longest = await self._longest(info, request.who.guild_id)
+        if parent is not None and parent.duration_s > longest + 1e-6:
             raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; a cover can be up to "
-                          f"{human_seconds(self._longest(info))}.")
+                          f"{human_seconds(longest)}.")
         existing = await self.planner._existing(request)
         if existing is not None:
             return Plan(request, None, existing=existing)
@@ -292,9 +299,10 @@ class Vocals:
         parent = await self.planner.track(track_id) if track_id else None
         if upload is not None:
             self.planner.check_upload(upload)
-        if parent is not None and parent.duration_s > self._longest(info) + 1e-6:
+        longest = await self._longest(info, request.who.guild_id)
+        if parent is not None and parent.duration_s > longest + 1e-6:
             raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; stems can be made of up to "
-                          f"{human_seconds(self._longest(info))}.")
+                          f"{human_seconds(longest)}.")
         existing = await self.planner._existing(request)
         if existing is not None:
             return Plan(request, None, existing=existing)
@@ -314,9 +322,10 @@ class Vocals:
         if part not in info.parts:
             raise Refusal(f"I can add {', '.join(p.replace('_', ' ') for p in info.parts)}; not {part}.")
         parent = await self.planner.track(track_id)
-        if parent.duration_s > self._longest(info) + 1e-6:
+        longest = await self._longest(info, request.who.guild_id)
+        if parent.duration_s > longest + 1e-6:
             raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; parts can be added to up to "
-                          f"{human_seconds(self._longest(info))}.")
+                          f"{human_seconds(longest)}.")
         existing = await self.planner._existing(request)
         if existing is not None:
             return Plan(request, None, existing=existing)
@@ -349,7 +358,8 @@ class Vocals:
 
     def _source_store(self, info: ModelInfo):
         async def store(job: Job, upload: Upload) -> None:
-            rel, seconds = await self._decode_store(f"{job.id}in", upload, self._longest(info))
+            rel, seconds = await self._decode_store(f"{job.id}in", upload,
+                                                    await self._longest(info, job.guild_id))
             if job.kind is JobKind.REPAINT and job.spec.repaint is not None:
                 try:
                     job.spec.repaint = check_range(*job.spec.repaint, seconds)

@@ -84,13 +84,18 @@ class JobRunner:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
         audios = self._generate(jobs, progress=progress, should_stop=should_stop)
         for job in jobs:  # a chain's helper window is the next window's input, not a delivered file
-            if job.spec.watermark is None or chain.owner_of(job) or job.id not in audios:
-                continue
-            if self.watermark is None:
-                log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
-                continue
-            audios[job.id] = [self._marked(job, a) for a in audios[job.id]]
+            if not chain.owner_of(job) and job.id in audios:
+                audios[job.id] = self.watermarked(job, audios[job.id])
         return audios
+
+    def watermarked(self, job: Job, audios: list[Audio]) -> list[Audio]:
+        """The job's audio with the watermark it asks for (`spec.watermark`), wherever the audio was made."""
+        if job.spec.watermark is None:
+            return audios
+        if self.watermark is None:
+            log.warning("job %s asks for a watermark but BANDMATE_WATERMARK is off here; none embedded", job.id)
+            return audios
+        return [self._marked(job, a) for a in audios]
 
     def _marked(self, job: Job, audio: Audio) -> Audio:
         """The audio with the job's watermark. A replaced part is the only new audio of a replace: the rest is its

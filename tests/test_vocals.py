@@ -213,6 +213,23 @@ async def test_an_instrumental_and_the_limits(world):
 
 
 @pytest.mark.asyncio
+async def test_the_server_chooses_its_longest_song_within_the_bots_limit(world):
+    said = await world.server_settings.update_settings(ADMIN, "g1", max_song_s=20.0)
+    assert "20" in plain(said) or "0:20" in plain(said)
+    long_words = "[verse]\n" + "\n".join(f"line number {i} of a long song" for i in range(60))
+    plan = await world.plan_lyric_song(req(), SongOptions(prompt="epic", lyrics=long_words))
+    assert plan.job.duration_s == 20.0  # as long as the lyrics need, up to the server's choice
+    with pytest.raises(Refusal, match="1 s to 20 s"):
+        await world.plan_lyric_song(req(), SongOptions(prompt="epic", lyrics=long_words, duration_s=30.0))
+    with pytest.raises(Refusal, match="the bot's own limit"):
+        await world.server_settings.update_settings(ADMIN, "g1", max_song_s=1000.0)
+    assert (await world.server_settings.get("g1")).max_song_s == 20.0  # nothing saved by the refusal
+    await world.server_settings.update_settings(ADMIN, "g1", max_song_s=None)
+    plan = await world.plan_lyric_song(req(), SongOptions(prompt="epic", lyrics=long_words))
+    assert plan.job.duration_s > 20.0
+
+
+@pytest.mark.asyncio
 async def test_replies_replace_the_named_section_with_lineage(world):
     job, tracks = await song(world)
     parent = tracks[0]

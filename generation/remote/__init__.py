@@ -27,10 +27,13 @@ Fairness stays at the bot: the scheduler dispatches single jobs (`batch_limit = 
 `RedisExecutor` accepts a job only while fewer than `window` jobs are in flight, where
 `window = window_per_worker (default 2 * max_batch) * max(1, live workers)`: enough for every worker to fill a batch
 and have the next one waiting, never a long backlog in Redis that a newcomer's job would queue behind.
-Workers group what they take into batches by the scheduler's own rules (`scheduler.batch_compatible`).
+A worker (BANDMATE_DECODER=slots, the default) admits MusicGen text entries into the engine's own decoder's slots
+as they arrive, and publishes each job when it leaves them; other entries, and every entry with
+BANDMATE_DECODER=generate, run in fixed batches grouped by the scheduler's own rules (`batching.batch_compatible`).
 
 Modules, one per role: `keys` (key names, connections, failures), `wire` (the JSON of jobs and tracks), `executor`
-(the bot side), `worker` (the worker side).
+(the bot side), `worker` (the worker side: taking entries, publishing outcomes), `slots` (its decoder slots),
+`batches` (its fixed batches), `scratch` (its scratch files).
 
 A worker publishes a job's result, acknowledges and deletes its job entry in one MULTI transaction, so "job entry
 gone" always means "result already in the results stream"; reconciliation relies on that.

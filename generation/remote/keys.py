@@ -43,7 +43,8 @@ class RemoteJobFailed(RuntimeError):
 
 
 class RedisSettings(Protocol):
-    """The part of bot.Settings this module reads (generation never imports the bot)."""
+    """The part of bot.Settings this module reads (generation never imports the bot). A worker also reads, where
+    present, `decoder` ("slots", the default, or "generate": BANDMATE_DECODER) and `cuda_graphs`."""
 
     redis_url: str | None
     redis_claim_idle_ms: int

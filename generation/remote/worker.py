@@ -1,4 +1,5 @@
-"""The worker side: takes jobs from Redis, batches them, runs the model in one thread, publishes results."""
+"""The worker side: takes jobs from Redis, runs the model in one thread (in decoder slots that entries join as they
+arrive, generation/remote/slots.py, or in fixed batches), publishes results."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from generation.continuation import ContinuationError
 from generation.jobs import Job
 from generation.models import ModelRegistry
 from generation.runner import JobRunner
-from generation.batching import batch_compatible
 from generation.types import Progress
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ from generation.remote.keys import CANCEL_POLL_S, DEAD_MAXLEN, FILE_KINDS, GENER
 from generation.remote.keys import _CONNECTION_ERRORS, _is_nogroup, _text, drop_idle_connections
 from generation.remote.scratch import ScratchStore, make_scratch_dir, sweep_stale_scratch
 from generation.remote.wire import job_from_json, track_to_dict
+from generation.remote.batches import WorkerBatches
+from generation.remote.slots import WorkerSlots
+from generation.slot_driver import DecoderOptions, SlotDriver
 
 
 # -- worker side ----------------------------------------------------------------------------------------------
@@ -93,18 +96,26 @@ class Worker:
         self._stopping = asyncio.Event()
         self._claim_cursor = "0-0"
         self._heartbeat_script = self.redis.register_script(_HEARTBEAT_LUA)
-        self._progress_latest: tuple[list[str], Progress] | None = None
+        self._progress_latest: dict[tuple[str, ...], Progress] = {}  # per batch (or slot job): its latest report
         self._progress_task: asyncio.Task | None = None
         self._next_cleanup = 0.0
         self._need_groups = True
         self._next_outage_log = 0.0
         self._published: OrderedDict[str, bytes] = OrderedDict()  # job id -> its result entry, the latest 1000
-        self.batches_run = 0
+        self.batches_run = 0  # model calls finished: fixed batches, and jobs that left the decoder slots
         self._connection_errors = 0  # in a row, in the main loop
         self.ready = False  # its model is loaded and it takes jobs (the readiness endpoint reads it)
         # The operator's hook (app/metrics.py): each progress report (model id, batch's first job id, progress).
         self.on_progress: Callable[[str, str, Progress], None] = lambda model, batch, progress: None
         self._batch_model = settings.model
+        # BANDMATE_DECODER: "slots" (the default) admits entries into the engine's own decoder as they arrive;
+        # "generate" keeps the fixed batches of transformers' generate.
+        self.slots: WorkerSlots | None = None
+        if getattr(settings, "decoder", "slots") == "slots":
+            options = DecoderOptions(slots=self.max_batch,
+                                     cuda_graphs=None if getattr(settings, "cuda_graphs", True) else False)
+            self.slots = WorkerSlots(self, SlotDriver(self.runner, options, self._model_thread))
+        self.serving: WorkerSlots | WorkerBatches = self.slots or WorkerBatches(self)
 
     def stop(self) -> None:
         """Finish the batch being generated, then exit; entries not started stay in Redis for others."""
@@ -117,19 +128,15 @@ class Worker:
         heartbeat: asyncio.Task | None = None
         try:
             log.info("worker %s loading %s", self.name, self.settings.model)
-            await self._loop.run_in_executor(self._model_thread, self.models.get, self.settings.model)
+            load = self.slots.driver.prepare if self.slots is not None else self.models.get
+            await self._loop.run_in_executor(self._model_thread, load, self.settings.model)
             heartbeat = asyncio.create_task(self._heartbeat(), name="bandmate-worker-heartbeat")
             self.ready = True
-            log.info("worker %s ready (batches of up to %d rows)", self.name, self.max_batch)
+            log.info("worker %s ready (%s of up to %d rows)", self.name,
+                     "decoder slots" if self.slots is not None else "batches", self.max_batch)
             while not self._stopping.is_set():
                 try:
-                    await self._take()
-                    # Everything held, in stream order: what a Redis error interrupted last time runs now.
-                    held = sorted(self._held.values(), key=lambda t: _entry_order(t.entry_id))
-                    for batch in plan_batches(held, self.max_batch):
-                        if self._stopping.is_set():
-                            break  # not started: left in our pending list, others claim it after the idle time
-                        await self._run_batch(batch)
+                    await self.serving.serve_once()
                     self._connection_errors = 0
                 except asyncio.CancelledError:
                     raise
@@ -153,8 +160,10 @@ class Worker:
                 except Exception:  # noqa: BLE001 - a worker keeps serving; what it holds is retried
                     log.exception("worker %s: unexpected error", self.name)
                     await self._pause(1.0)
+            await self.serving.finish()
         finally:
             self.ready = False
+            await self.serving.close()
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -182,29 +191,22 @@ class Worker:
 
     # -- taking entries -------------------------------------------------------------------------------------
 
-    async def _take(self) -> None:
-        """Hold what the next batch will run: dead workers' entries first (idle past claim_idle_ms), else the next
-        new one, plus the new ones right behind it that can join its batch. Entries that could not join are left
-        to other workers instead of waiting here behind a batch they are not part of."""
+    async def _claim(self, room: int) -> int | None:
+        """Groups and housekeeping, then up to `room` entries of dead workers (idle past claim_idle_ms): how many
+        were claimed, or None when there is no room (or the worker is stopping)."""
         if self._need_groups:
             await ensure_groups(self.redis, self.keys)
             self._need_groups = False
         await self._cleanup_consumers()
-        room = self.max_batch - len(self._held)
         if room <= 0 or self._stopping.is_set():
-            return
+            return None
         cursor, claimed, _deleted = await self.redis.xautoclaim(
             self.keys.jobs, WORKERS_GROUP, self.name, self.claim_idle_ms, self._claim_cursor, count=room)
         self._claim_cursor = _text(cursor) or "0-0"
         for entry_id, fields in claimed:
             if entry_id not in self._held:
                 await self._accept(entry_id, fields, was_claimed=True)
-        if not self._held:
-            await self._read(1, block=self.block_ms)
-        if self._held and not self._stopping.is_set():
-            joinable = await self._joinable()
-            if joinable:
-                await self._read(joinable, block=None)
+        return len(claimed)
 
     async def _read(self, count: int, *, block: int | None) -> None:
         response = await self.redis.xreadgroup(WORKERS_GROUP, self.name, {self.keys.jobs: ">"}, count=count,
@@ -212,32 +214,6 @@ class Worker:
         for _stream, entries in response or []:
             for entry_id, fields in entries:
                 await self._accept(entry_id, fields, was_claimed=False)
-
-    async def _joinable(self) -> int:
-        """How many of the next undelivered entries fit into the first batch of what is held (by peeking: if
-        another worker reads them first, the ones read instead are simply held for a later batch)."""
-        batch = plan_batches(sorted(self._held.values(), key=lambda t: _entry_order(t.entry_id)), self.max_batch)[0]
-        head = batch[0].job
-        rows, durations = sum(t.job.rows for t in batch), [t.job.duration_s for t in batch]
-        if rows >= self.max_batch:
-            return 0
-        groups = await self.redis.xinfo_groups(self.keys.jobs)
-        last = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == WORKERS_GROUP), None)
-        if last is None:
-            return 0
-        count = 0
-        for _entry_id, fields in await self.redis.xrange(self.keys.jobs, min=f"({_text(last)}", max="+",
-                                                         count=self.max_batch - rows):
-            try:
-                job = job_from_json(fields[b"job"])
-            except Exception:  # noqa: BLE001 - _accept deals with it when it is read
-                break
-            if rows + job.rows > self.max_batch or not batch_compatible(head, job, durations):
-                break
-            rows += job.rows
-            durations.append(job.duration_s)
-            count += 1
-        return count
 
     async def _accept(self, entry_id: bytes, fields: dict | None, was_claimed: bool) -> None:
         if not fields:  # deleted (cancelled or already done) while pending
@@ -256,10 +232,7 @@ class Worker:
         if deliveries > self.max_deliveries:
             await self._dead_letter(entry_id, fields, deliveries, "too many deliveries", job_id=job.id)
             return
-        published = self._published.get(job.id)
-        if published is not None and await self.redis.xrange(self.keys.results, published, published, count=1):
-            # A copy the bot resent (after Redis came back) while our result was on its way: the result still waits
-            # for the bot, so this copy need not run. Had the result been lost too, it would not be there.
+        if await self._result_waits(job.id):
             log.info("worker %s: job %s is already done, its result waits for the bot; skipping the copy",
                      self.name, job.id)
             await self._ack_job(entry_id)
@@ -268,6 +241,19 @@ class Worker:
         if was_claimed:
             log.info("worker %s took over job %s (delivery %d)", self.name, job.id, deliveries)
         self._held[entry_id] = task
+
+    async def _result_waits(self, job_id: str) -> bool:
+        """A copy the bot resent (after Redis came back) while our result was on its way: the result still waits
+        for the bot, so this copy need not run. Had the result been lost too, it would not be there."""
+        published = self._published.get(job_id)
+        return published is not None and bool(await self.redis.xrange(self.keys.results, published, published,
+                                                                       count=1))
+
+    async def _redundant(self, task: _Task) -> bool:
+        """A held copy that need not run now: its result waits for the bot, or its entry is gone from the stream
+        (the bot finished the job and deleted the copy, or Redis restarted empty and the bot resends it)."""
+        return (await self._result_waits(task.job.id)
+                or not await self.redis.xrange(self.keys.jobs, task.entry_id, task.entry_id, count=1))
 
     async def _dead_letter(self, entry_id: bytes, fields: dict, deliveries: int, reason: str, *,
                            job_id: str | None = None) -> None:
@@ -331,13 +317,17 @@ class Worker:
             if task.job.id in cancelled:
                 await self._publish(task, {"type": "cancelled"})
                 continue
-            try:
-                fields = await asyncio.to_thread(self._render, task, audios[task.job.id])
-            except Exception:  # noqa: BLE001
-                log.exception("worker %s: rendering job %s failed", self.name, task.job.id)
-                await self._fail([task], GENERIC_FAILURE, final=False)
-                continue
-            await self._publish(task, fields)
+            await self._deliver(task, audios[task.job.id])
+
+    async def _deliver(self, task: _Task, audios) -> None:
+        """Render one job's audio in a thread and publish the files (its result, ack and delete)."""
+        try:
+            fields = await asyncio.to_thread(self._render, task, audios)
+        except Exception:  # noqa: BLE001
+            log.exception("worker %s: rendering job %s failed", self.name, task.job.id)
+            await self._fail([task], GENERIC_FAILURE, final=False)
+            return
+        await self._publish(task, fields)
 
     async def _say_started(self, tasks: list[_Task]) -> None:
         """Tell the bot these jobs leave the line now (a delivery over 1: this worker takes over a dead one's)."""
@@ -356,47 +346,26 @@ class Worker:
         jobs = [t.job for t in tasks]
         inputs: list[str] = []
         split = False
-        watcher = asyncio.create_task(self._watch_cancels(tasks, cancelled))
+        watcher = asyncio.create_task(self._watch_cancels(lambda: tasks, cancelled))
         started = time.monotonic()
         self._batch_model = jobs[0].model
         log.info("worker %s: batch of %d (%s)", self.name, len(jobs), ", ".join(j.id for j in jobs))
         try:
-            for task in tasks:  # continuation input: from the entry's bytes to a scratch file the runner reads
-                if task.input is not None:
-                    rel = self.scratch.path_for(f"{task.job.id}in", task.input_ext)
-                    await asyncio.to_thread(self.scratch.absolute(rel).write_bytes, task.input)
-                    task.job.input_audio = rel
-                    inputs.append(rel)
+            inputs = await self._write_inputs(tasks)
             audios = await self._loop.run_in_executor(
                 self._model_thread,
                 lambda: self.runner.generate(jobs, progress=self._progress_reporter([j.id for j in jobs]),
                                              should_stop=lambda: len(cancelled) >= len(jobs)),
             )
-        except GenerationCancelled:
-            for task in tasks:
-                await self._publish(task, {"type": "cancelled"})
-            return None
-        except OutOfMemory:
-            if len(tasks) == 1:
-                await self._fail(tasks, OOM_FAILURE, final=True)
+        except Exception as error:  # noqa: BLE001 - the jobs fail (the scheduler may retry them), the worker goes on
+            if not (isinstance(error, OutOfMemory) and len(tasks) > 1):
+                await self._report_failure(tasks, error)
                 return None
             split = True
-        except ModelLoadError as error:
-            log.error("worker %s: %s", self.name, error)
-            await self._fail(tasks, MODEL_FAILURE, final=True)
-            return None
-        except ContinuationError as error:
-            await self._fail(tasks, str(error), final=True)
-            return None
-        except Exception:  # noqa: BLE001 - the jobs fail (the scheduler may retry them), the worker goes on
-            log.exception("worker %s: batch failed", self.name)
-            await self._fail(tasks, GENERIC_FAILURE, final=False)
-            return None
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-            for rel in inputs:
-                self.scratch.remove(rel)
+            self._remove_inputs(inputs)
         if split:
             half = len(tasks) // 2
             log.warning("worker %s: out of memory with %d jobs; retrying as %d + %d", self.name, len(tasks), half,
@@ -407,6 +376,37 @@ class Worker:
         self.batches_run += 1
         log.info("worker %s: generated %d jobs in %.2fs", self.name, len(jobs), time.monotonic() - started)
         return audios
+
+    async def _report_failure(self, tasks: list[_Task], error: BaseException) -> None:
+        """Publish what a failed model call means for its jobs: the one mapping for batches and slots."""
+        if isinstance(error, GenerationCancelled):
+            for task in tasks:
+                await self._publish(task, {"type": "cancelled"})
+        elif isinstance(error, OutOfMemory):
+            await self._fail(tasks, OOM_FAILURE, final=True)
+        elif isinstance(error, ModelLoadError):
+            log.error("worker %s: %s", self.name, error)
+            await self._fail(tasks, MODEL_FAILURE, final=True)
+        elif isinstance(error, ContinuationError):
+            await self._fail(tasks, str(error), final=True)
+        else:
+            log.error("worker %s: %s failed", self.name, ", ".join(t.job.id for t in tasks), exc_info=error)
+            await self._fail(tasks, GENERIC_FAILURE, final=False)
+
+    async def _write_inputs(self, tasks: list[_Task]) -> list[str]:
+        """Input audio (continuation, remix): from the entry's bytes to a scratch file the runner reads."""
+        inputs = []
+        for task in tasks:
+            if task.input is not None:
+                rel = self.scratch.path_for(f"{task.job.id}in", task.input_ext)
+                await asyncio.to_thread(self.scratch.absolute(rel).write_bytes, task.input)
+                task.job.input_audio = rel
+                inputs.append(rel)
+        return inputs
+
+    def _remove_inputs(self, inputs: list[str]) -> None:
+        for rel in inputs:
+            self.scratch.remove(rel)
 
     def _render(self, task: _Task, audios) -> dict[str, Any]:
         tracks = self.runner.render(task.job, audios)
@@ -457,10 +457,13 @@ class Worker:
                 await asyncio.sleep(0.5)
         self._held.pop(task.entry_id, None)
 
-    async def _watch_cancels(self, tasks: list[_Task], cancelled: set[str]) -> None:
+    async def _watch_cancels(self, tasks_of: Callable[[], list[_Task]], cancelled: set[str]) -> None:
+        """Add to `cancelled` the jobs the bot wants stopped, among those `tasks_of()` names at each poll."""
         while True:
+            tasks = tasks_of()
             try:
-                cancelled |= await self._cancelled_ids(tasks)
+                if tasks:
+                    cancelled |= await self._cancelled_ids(tasks)
             except _CONNECTION_ERRORS:
                 pass
             await asyncio.sleep(CANCEL_POLL_S)
@@ -483,20 +486,20 @@ class Worker:
             self.on_progress(self._batch_model, job_ids[0], progress)
         except Exception:  # noqa: BLE001 - figures must never stop a batch
             log.exception("progress hook failed")
-        self._progress_latest = (job_ids, progress)
+        self._progress_latest[tuple(job_ids)] = progress
         if self._progress_task is None or self._progress_task.done():
             self._progress_task = asyncio.create_task(self._send_progress())
 
     async def _send_progress(self) -> None:
-        while self._progress_latest is not None:
-            job_ids, p = self._progress_latest
-            self._progress_latest = None
+        while self._progress_latest:
+            latest, self._progress_latest = self._progress_latest, {}
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for job_id in job_ids:
-                        pipe.xadd(self.keys.results, {"type": "progress", "job_id": job_id, "step": p.step,
-                                                      "total": p.total, "elapsed": f"{p.elapsed_s:.3f}",
-                                                      "worker": self.name})
+                    for job_ids, p in latest.items():
+                        for job_id in job_ids:
+                            pipe.xadd(self.keys.results, {"type": "progress", "job_id": job_id, "step": p.step,
+                                                          "total": p.total, "elapsed": f"{p.elapsed_s:.3f}",
+                                                          "worker": self.name})
                     await pipe.execute()
             except Exception as error:  # noqa: BLE001 - progress is best effort
                 log.debug("progress not sent: %s", error)
@@ -541,29 +544,6 @@ class Worker:
 async def _holder(redis, keys: StreamKeys, entry_id: bytes) -> str | None:
     pending = await redis.xpending_range(keys.jobs, WORKERS_GROUP, min=entry_id, max=entry_id, count=1)
     return _text(pending[0]["consumer"]) if pending else None
-
-
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = _text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def plan_batches(tasks: list[_Task], max_batch: int) -> list[list[_Task]]:
-    """Group held entries into model calls, in stream order, by the scheduler's rules; rows <= max_batch."""
-    pending, batches = list(tasks), []
-    while pending:
-        head = pending.pop(0)
-        batch, rows, durations = [head], head.job.rows, [head.job.duration_s]
-        for task in list(pending):
-            if rows + task.job.rows > max_batch:
-                continue
-            if batch_compatible(head.job, task.job, durations):
-                batch.append(task)
-                pending.remove(task)
-                rows += task.job.rows
-                durations.append(task.job.duration_s)
-        batches.append(batch)
-    return batches
 
 
 async def run_worker(settings: RedisSettings, models: ModelRegistry | None = None, watermark=None, *,

@@ -118,6 +118,7 @@ class SettingsCog(commands.Cog):
         retention_days="Delete tracks after this many days (0 = keep forever)",
         allow_model_choice="Whether members may pick the model themselves",
         manifest_prompt="Whether the prompt goes into each file's Content Credentials",
+        longest_song="Longest ACE-Step song in seconds, up to the bot's own limit (0 = bot default)",
     )
     async def settings_set(
         self, interaction: discord.Interaction,
@@ -128,6 +129,7 @@ class SettingsCog(commands.Cog):
         retention_days: app_commands.Range[int, 0, 3650] | None = None,
         allow_model_choice: bool | None = None,
         manifest_prompt: bool | None = None,
+        longest_song: app_commands.Range[int, 0, 600] | None = None,
     ) -> None:
         """Change this server's settings; options you leave out stay as they are."""
         if not await self._admin(interaction):
@@ -147,6 +149,8 @@ class SettingsCog(commands.Cog):
             changes["allow_model_choice"] = allow_model_choice
         if manifest_prompt is not None:
             changes["manifest_prompt"] = manifest_prompt
+        if longest_song is not None:
+            changes["max_song_s"] = None if longest_song == 0 else float(longest_song)
         await _answer(interaction, self.server.update_settings(requester(interaction), interaction.guild_id,
                                                                 **changes))
 

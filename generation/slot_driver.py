@@ -1,0 +1,264 @@
+"""The one drive loop over the engine's own MusicGen decoders, shared by the local executor and the Redis worker.
+
+A caller (`generation/decoder_executor.py` for the bot's own model thread, `generation/remote/slots.py` for a
+worker) awaits `SlotDriver.decode(job, ...)` per job. The job is submitted to its model's `MusicGenDecoder` and
+joins the running ones at the next step; ONE loop in the process's single model thread steps every decoder while
+any job is active and resolves each job's future the moment its handle finishes, so a job leaves (and can be
+rendered, published, acknowledged) after its own steps, not when the others end. A cancelled job (`should_stop`)
+frees its slot at the next step.
+
+What the decoder does not run (`decodable` is False: continuations, songs, remixes, Stable Audio, more
+variations than slots, a model whose loaded backend is not MusicGen) is the caller's to run on the plain path,
+once the loop has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from generation.jobs import Job, JobKind
+from generation.models import Family, ModelInfo, model_info
+from generation.runner import JobRunner
+from generation.types import Audio, GenerationRequest, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """slots: S, the sequences decoded together (BANDMATE_MAX_BATCH); on CUDA fewer when memory is short.
+    cuda_graphs: None = the decoder's default (on for CUDA), False = off (BANDMATE_CUDA_GRAPHS=0)."""
+
+    slots: int = 4
+    cuda_graphs: bool | None = None
+    memory_fraction: float = 0.5  # of the free GPU memory the KV cache may take when sizing S
+    prefill_chunk: int | None = None
+
+
+@dataclass(eq=False)
+class _Active:
+    """A job in a decoder, as the drive loop sees it."""
+
+    job: Job
+    handle: object  # generation.decoder.DecodeHandle
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    should_stop: Callable[[], bool]
+    decoder: object  # generation.decoder.DecoderBackend
+    resolved: bool = field(default=False)
+
+
+def slots_for(backend, wanted: int, memory_fraction: float) -> int:
+    """S from BANDMATE_MAX_BATCH and, on CUDA, from the free memory one slot's KV cache needs."""
+    import torch
+
+    if not str(backend.device).startswith("cuda") or not torch.cuda.is_available():
+        return wanted
+    from generation.decoder import cache_bytes_per_slot
+    from generation.types import tokens_for
+
+    free, _ = torch.cuda.mem_get_info()
+    per_slot = cache_bytes_per_slot(backend.model, 1 + tokens_for(backend.max_duration_s) + 4, 64,
+                                    next(backend.model.parameters()).dtype)
+    fits = int(free * memory_fraction // max(1, per_slot))
+    if fits < wanted:
+        log.warning("GPU memory fits %d decoder slots, not the %d of BANDMATE_MAX_BATCH", max(1, fits), wanted)
+    return max(1, min(wanted, fits))
+
+
+class SlotDriver:
+    """The process's decoders (one per model, built in the model thread on first use) and the loop that steps them.
+
+    `model_thread` is the process's one-worker pool for all torch work (see `LocalExecutor`); its owner shuts it
+    down. The loop runs there as one long task while any job is active, so plain-path work queued behind it runs
+    once it has drained.
+    """
+
+    def __init__(self, runner: JobRunner, options: DecoderOptions, model_thread: ThreadPoolExecutor, *,
+                 info_for: Callable[[str], ModelInfo] = model_info) -> None:
+        self.runner = runner
+        self.options = options
+        self.info_for = info_for
+        self._model = model_thread
+        self._decoders: dict[str, object] = {}  # model id -> DecoderBackend
+        self._plain: set[str] = set()  # model ids whose loaded backend the decoder cannot run
+        self._lock = threading.Lock()  # guards _active and _driving (event loop and model thread)
+        self._active: list[_Active] = []
+        self._driving = False
+        self.steps_run = 0  # drive-loop steps, all decoders together
+        # Called in the model thread after every drive-loop step with `steps_run` (benchmarks, tests).
+        self.on_step: Callable[[int], None] | None = None
+
+    @property
+    def slots(self) -> int:
+        """S: the options' slots, or fewer where a GPU's memory sized a decoder smaller."""
+        return min([self.options.slots] + [d.decoder.slots for d in list(self._decoders.values())])
+
+    def decodable(self, job: Job) -> bool:
+        """Text jobs of a MusicGen model that fit the slots; a request with input audio (audio-to-audio) does not."""
+        if job.kind is not JobKind.TEXT or job.input_audio is not None and job.spec.strength is not None:
+            return False
+        if job.rows > self.slots or job.model in self._plain:
+            return False
+        try:
+            return self.info_for(job.model).family is Family.MUSICGEN
+        except Exception:  # noqa: BLE001 - an unreadable model id fails on the plain path with its own message
+            return False
+
+    def known(self, model_id: str) -> bool:
+        """Whether the model's decoder is built, or its loaded backend is known not to be one the decoder runs."""
+        return model_id in self._decoders or model_id in self._plain
+
+    async def ensure(self, model_id: str) -> bool:
+        """Build the model's decoder if need be (in the model thread, so behind a running loop); False when its
+        loaded backend is not one the decoder runs (the job goes the plain path)."""
+        if not self.known(model_id):
+            await asyncio.get_running_loop().run_in_executor(self._model, self._decoder_for, model_id)
+        return model_id in self._decoders
+
+    def prepare(self, model_id: str):
+        """Load the model and build its decoder now (call in the model thread), so the first job does not pay for
+        it; returns the loaded backend."""
+        self._decoder_for(model_id)
+        return self.runner.backend_for(model_id)
+
+    def active_job_ids(self) -> list[str]:
+        """Jobs submitted to a decoder and not yet finished (queued in it or running)."""
+        with self._lock:
+            return [entry.job.id for entry in self._active]
+
+    def drawn(self) -> dict[str, int]:
+        """Tokens drawn so far per active job (0 while queued or prefilling): what a step did, for tests/benches."""
+        with self._lock:
+            return {entry.job.id: entry.handle.step for entry in self._active}
+
+    def cancel_all(self) -> None:
+        """Stop every active job at the next step (closing down)."""
+        with self._lock:
+            for entry in self._active:
+                entry.handle.cancel()
+
+    def _decoder_for(self, model_id: str):
+        """The model's decoder, built in the model thread on first use (loading the model if need be)."""
+        if self.known(model_id):
+            return self._decoders.get(model_id)
+        backend = self.runner.backend_for(model_id)
+        from generation.musicgen import MusicGenBackend
+
+        if not isinstance(backend, MusicGenBackend):
+            self._plain.add(model_id)
+            return None
+        from generation.decoder import DecoderBackend
+
+        slots = slots_for(backend, self.options.slots, self.options.memory_fraction)
+        decoder = DecoderBackend.wrap(backend, slots=slots, cuda_graphs=self.options.cuda_graphs,
+                                      prefill_chunk=self.options.prefill_chunk)
+        log.info("decoder for %s: %d slots, %s steps", model_id, slots, decoder.decoder.mode.value)
+        self._decoders[model_id] = decoder
+        return decoder
+
+    # -- one job --------------------------------------------------------------------------------------------
+
+    async def decode(self, job: Job, progress: Callable[[Progress], None],
+                     should_stop: Callable[[], bool]) -> list[Audio]:
+        """The job's audio (watermarked as `JobRunner.generate` would), once it leaves its slots. Raises the job's
+        error, GenerationCancelled, or a clear ValueError for a request the decoder refuses."""
+        decoder = self._decoders.get(job.model)
+        if decoder is None:  # not built yet, or a failed step dropped it a moment ago: a fresh one
+            decoder = await asyncio.get_running_loop().run_in_executor(self._model, self._decoder_for, job.model)
+        if decoder is None:
+            raise ValueError(f"{job.model} does not run in the decoder")
+        request: GenerationRequest = self.runner.text_request(job, decoder)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        handle = decoder.submit(request, progress=progress)  # checks the request; raises a clear ValueError
+        with self._lock:
+            self._active.append(_Active(job, handle, future, loop, should_stop, decoder))
+            start = not self._driving
+            self._driving = True
+        if start:
+            self._model.submit(self._drive)
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller gave up (shutting down): free the slot at the next step
+            handle.cancel()
+            raise
+
+    # -- the loop (model thread) ----------------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        """Step every decoder with work until none has any."""
+        try:
+            while True:
+                with self._lock:
+                    active = list(self._active)
+                    if not active:
+                        self._driving = False
+                        return
+                for entry in active:
+                    if not entry.handle.state.finished and entry.should_stop():
+                        entry.handle.cancel()
+                for decoder in dict.fromkeys(e.decoder for e in active):
+                    try:
+                        decoder.step()
+                    except Exception as error:  # noqa: BLE001 - its jobs fail (and are retried), the loop goes on
+                        log.exception("decoder step failed")
+                        self._fail_decoder(decoder, error)
+                self.steps_run += 1
+                if self.on_step is not None:
+                    self.on_step(self.steps_run)
+                self._resolve_finished()
+        except BaseException as error:  # noqa: BLE001 - never leave a future unresolved
+            log.exception("decoder drive loop failed")
+            with self._lock:
+                entries, self._active, self._driving = list(self._active), [], False
+            for entry in entries:
+                self._resolve(entry, error)
+            raise
+
+    def _fail_decoder(self, decoder, error: BaseException) -> None:
+        """A failed step leaves the decoder's state unknown: its jobs fail with the error; the next job builds a
+        fresh decoder."""
+        for model_id, d in list(self._decoders.items()):
+            if d is decoder:
+                del self._decoders[model_id]
+        with self._lock:
+            failed = [e for e in self._active if e.decoder is decoder]
+            self._active = [e for e in self._active if e.decoder is not decoder]
+        for entry in failed:
+            self._resolve(entry, error)
+
+    def _resolve_finished(self) -> None:
+        with self._lock:
+            done = [e for e in self._active if e.handle.state.finished]
+            self._active = [e for e in self._active if not e.handle.state.finished]
+        for entry in done:
+            self._resolve(entry, None)
+
+    def _resolve(self, entry: _Active, error: BaseException | None) -> None:
+        """Settle the job's future on its event loop; the watermark (torch work) runs here, in the model thread."""
+        if entry.resolved:
+            return
+        entry.resolved = True
+        audios = None
+        if error is None:
+            try:
+                audios = self.runner.watermarked(entry.job, entry.handle.result())
+            except BaseException as failure:  # noqa: BLE001 - GenerationCancelled, the job's own error
+                error = failure
+
+        def settle() -> None:
+            if entry.future.done():
+                return
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.future.set_result(audios)
+
+        if not entry.loop.is_closed():
+            entry.loop.call_soon_threadsafe(settle)
