@@ -2,7 +2,7 @@
 
     python bench/decoder.py            musicgen-small's shape, random weights (no download)
     python bench/decoder.py --quick    a smaller shape (bench/generate.py's quick shape)
-    python bench/decoder.py --profile  also print a profile of one decoder step at 4 rows
+    python bench/decoder.py --profile  also print a profile of decoder steps at 1 and 4 rows
 
 Every figure comes from this one run (bf16 by default on the CPU; 5 s clips, guidance 3). Printed as `name: value`:
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from generation.decoder import MusicGenDecoder  # noqa: E402
+from generation.decoder import MusicGenDecoder, native_bf16  # noqa: E402
 from generation.types import GenerationRequest, SamplingParams, tokens_for  # noqa: E402
 
 PROMPTS = ["lo-fi piano, rainy night", "upbeat techno", "calm ambient pads", "jazz trio", "epic orchestral",
@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {'quick' if args.quick else 'musicgen-small'} shape, {backend.device} {backend.dtype}, built in "
           f"{time.perf_counter() - built:.1f} s; decoder mode {decoder.mode.value}, {args.slots} slots, "
           f"{args.seconds:g} s clips ({steps} steps), guidance 3, {torch.get_num_threads()} threads")
+    # Honest about what ran: the dtype the decoder's products computed in, and whether this device has native bf16
+    # products (without them, on an AVX2 CPU, a bf16 linear costs the same per row and batching gains little).
+    print(f"compute_dtype: {str(decoder.modules.dtype).removeprefix('torch.')}")
+    print(f"cpu_capability: {torch.backends.cpu.get_cpu_capability()}")
+    print(f"native_bf16: {native_bf16(backend.device)}")
     generate_wall(backend, 1, 0.3)
     decoder_wall(decoder, 2, 0.3)  # warm-up
 
@@ -236,14 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        handles = [decoder.submit(r) for r in requests(4, args.seconds)]
-        decoder.step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for rows in (1, 4):
+            handles = [decoder.submit(r) for r in requests(rows, args.seconds)]
             decoder.step()
-        for h in handles:
-            h.cancel()
-        decoder.step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+            decoder.step()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(5):
+                    decoder.step()
+            for h in handles:
+                h.cancel()
+            decoder.step()
+            print(f"profile of 5 decoder steps at {rows} rows:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0
 
 

@@ -285,3 +285,25 @@ def test_melody_decoder_refuses_what_it_cannot_do(melody_backend, tiny_backend, 
     with pytest.raises(ValueError, match="cannot continue"):
         decoder.submit(GenerationRequest("a", 1.0, melody=tune([440.0]), audio_prompt=source_audio))
     assert DecoderBackend(decoder).family == "musicgen-melody"
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 100])
+def test_chunked_melody_prefill_gives_the_same_codes_as_unchunked_and_the_remix_path(melody_backend, chunk):
+    request, other = MELODY_JOBS
+    whole = MusicGenDecoder(melody_backend, slots=4, max_positions=400)
+    unchunked, other_alone = whole.submit(request), whole.submit(other)
+    whole.run_until_idle()
+    decoder = MusicGenDecoder(melody_backend, slots=4, max_positions=400, prefill_chunk=chunk)
+    running = decoder.submit(other)
+    while running.state is not DecodeState.RUNNING:
+        decoder.step()
+    chunked = decoder.submit(request)
+    decoder.step()
+    assert chunked.state is DecodeState.PREFILL  # its chroma and text prefix (~240 positions) is longer than a chunk
+    before = running.step
+    decoder.step()
+    assert running.step == before + 1  # the running job keeps drawing while the prefix is prefilled
+    decoder.run_until_idle()
+    assert torch.equal(chunked.codes, unchunked.codes)
+    assert torch.equal(running.codes, other_alone.codes)
+    assert same_audio(chunked.result(), melody_backend.generate([request])[0])

@@ -35,6 +35,17 @@ def default_mode(device: str, dtype: str) -> StepMode:
     return StepMode.EXACT if dtype == "float32" else StepMode.BATCHED
 
 
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matrix products run natively here (a GPU, or a CPU with AVX512-BF16 / AMX). Without, as on an
+    AVX2 CPU, a bf16 linear costs the same per row: batching rows gains almost nothing (see bench/decoder.py)."""
+    if not str(device).startswith("cpu"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def cache_bytes_per_slot(model, max_positions: int, max_text_tokens: int, dtype: torch.dtype) -> int:
     """What one slot (a sequence and its twin) costs in the static cache: for sizing S from free memory."""
     cfg = model.config.decoder
@@ -308,13 +319,8 @@ class MusicGenDecoder:
 
     def _prefill(self, job: LiveJob) -> torch.Tensor | None:
         """Run (a chunk of) the job's prefix; its logits once the whole prefix has run, else None."""
-        if job.prefix_embeds is not None:  # MusicGen-melody: the chroma and text prefix and the BOS, in one call
-            block = RowBlock(job.first_row, job.rows, 0, job.offset + 1)
-            logits = self.modules.forward_blocks(job.inputs(0, 1), [block], self.cache, prefix=job.prefix_embeds)
-            job.prefix_embeds = None
-            job.prefilled = job.prefix
-            job.handle.state = DecodeState.RUNNING
-            return logits
+        if job.prefix_embeds is not None:
+            return self._prefill_melody(job)
         start = job.prefilled
         end = job.prefix if not self.prefill_chunk else min(job.prefix, start + self.prefill_chunk)
         block = RowBlock(job.first_row, job.rows, job.offset + start, end - start)
@@ -323,6 +329,25 @@ class MusicGenDecoder:
         job.next_pos = end - 1
         if job.prefilling:
             return None
+        job.handle.state = DecodeState.RUNNING
+        return logits
+
+    def _prefill_melody(self, job: LiveJob) -> torch.Tensor | None:
+        """MusicGen-melody: the chroma and text prefix (decoder positions 0..offset-1), then the BOS at `offset`,
+        in chunks of `prefill_chunk` positions when set (one call otherwise); logits once the BOS has run."""
+        total = job.offset + 1
+        start = job.embeds_done
+        end = total if not self.prefill_chunk else min(total, start + self.prefill_chunk)
+        prefix = job.prefix_embeds[:, start:min(end, job.offset)]
+        tokens = job.inputs(0, 1) if end == total else job.inputs(0, 0)  # the BOS comes last
+        block = RowBlock(job.first_row, job.rows, start, end - start)
+        logits = self.modules.forward_blocks(tokens, [block], self.cache,
+                                             prefix=prefix if prefix.shape[1] else None)
+        job.embeds_done = end
+        if end < total:
+            return None
+        job.prefix_embeds = None
+        job.prefilled = job.prefix
         job.handle.state = DecodeState.RUNNING
         return logits
 

@@ -2,7 +2,9 @@
 
 Modules are the loaded MusicGen's: the per-codebook embeddings, the sinusoidal positions, each decoder layer's
 norms, projections and feed-forward, the final norm and the per-codebook heads. Only attention is written here
-(with `scaled_dot_product_attention`), because the cache is ours.
+(with `scaled_dot_product_attention`), because the cache is ours. Each layer's query/key/value projections and the
+per-codebook heads run as one matrix product each (`fuse_linears`: the modules' weights become views of the fused
+weight, so the model's own path and this one read the same memory and give the same numbers).
 
 Three ways to run a step (see `StepMode`):
 - EXACT: every job on its own rows, each call shaped as `generate` shapes a job run alone. A job's numbers can
@@ -41,6 +43,33 @@ class RowBlock:
     tokens: int = 1
 
 
+def fuse_linears(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of outputs, in) weight (and bias) for linears that read the same input, so a step runs one matrix
+    product instead of several. The modules' own weights become views of it (no second copy in memory), so they
+    and the fused product give the same numbers (a product's output columns do not depend on their neighbours).
+    """
+    weights = [lin.weight for lin in linears]
+    ptrs = tuple(w.data_ptr() for w in weights)
+    known = getattr(linears[0], "_fused_with", None)
+    if known is not None and known[0] == ptrs:  # fused already (another decoder over the same model)
+        return known[1], known[2]
+    fused = torch.cat([w.detach() for w in weights])
+    biases = [lin.bias for lin in linears]
+    bias = None if all(b is None for b in biases) else torch.cat([
+        b.detach() if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        for b, w in zip(biases, weights)])
+    at = 0
+    with torch.no_grad():
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight.data = fused[at:at + rows]
+            if bias is not None and lin.bias is not None:
+                lin.bias.data = bias[at:at + rows]
+            at += rows
+    linears[0]._fused_with = (tuple(lin.weight.data_ptr() for lin in linears), fused, bias)
+    return fused, bias
+
+
 class DecoderModules:
     """The decoder's modules, taken from a loaded `MusicgenForConditionalGeneration`."""
 
@@ -62,6 +91,26 @@ class DecoderModules:
         # MusicGen attends to the text through cross-attention; MusicGen-melody's layers have none (its text and
         # chroma are a prefix of the decoder's own input).
         self.cross_attention = hasattr(self.layers[0], "encoder_attn")
+        self._fuse()
+
+    def _fuse(self) -> None:
+        """Each layer's query/key/value projections as one product, and the per-codebook heads as one."""
+        self.qkv = [fuse_linears([lyr.self_attn.q_proj, lyr.self_attn.k_proj, lyr.self_attn.v_proj])
+                    for lyr in self.layers]
+        self.head_weight, self.head_bias = fuse_linears(list(self.heads))
+
+    def _check_fused(self) -> None:
+        """Rebuild the fused weights if the model's parameters were replaced (moved, cast) since."""
+        if self.heads[0].weight.data_ptr() != self.head_weight.data_ptr() or \
+                self.layers[0].self_attn.q_proj.weight.data_ptr() != self.qkv[0][0].data_ptr():
+            self._fuse()
+
+    def project_qkv(self, layer: int, x: torch.Tensor):
+        """q, k, v (N, heads, T, head_dim) of a layer's self-attention from one matrix product."""
+        weight, bias = self.qkv[layer]
+        n, t, _ = x.shape
+        qkv = F.linear(x, weight, bias).view(n, t, 3, self.num_heads, self.head_dim)
+        return qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def ensure_positions(self, count: int) -> None:
         if self.embed_positions.weights.shape[0] < count:
@@ -86,8 +135,9 @@ class DecoderModules:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> fp32 logits of the last position, (N * codebooks, V), as `generate` hands them out."""
         normed = self.final_norm(hidden)
-        out = torch.stack([head(normed) for head in self.heads], dim=1)  # (N, codebooks, T, V)
-        return out[:, :, -1, :].reshape(-1, out.shape[-1]).to(dtype=torch.float32, copy=True)
+        # every position through the heads, as the model runs them (a product's rounding may depend on its rows)
+        out = F.linear(normed, self.head_weight, self.head_bias)  # (N, T, codebooks * V)
+        return out[:, -1].reshape(-1, self.vocab).to(dtype=torch.float32, copy=True)
 
     # -- per-job attention (EXACT and BATCHED) ----------------------------------------------------------------
 
@@ -127,6 +177,7 @@ class DecoderModules:
         """tokens (N, codebooks, T) for the blocks' rows in order -> fp32 logits (N * codebooks, V) of the last
         position. All blocks share T (T > 1 only for a single prefilling block). prefix: (N, P, D) embeddings
         before the tokens (MusicGen-melody's chroma and text), at positions start.. of a single block."""
+        self._check_fused()
         embeds = sum(self.embed_tokens[c](tokens[:, c]) for c in range(self.num_codebooks))
         if prefix is not None:
             embeds = torch.cat([prefix, embeds], dim=1)
@@ -138,7 +189,7 @@ class DecoderModules:
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)
             a = layer.self_attn
-            q, k, v = self._split(a.q_proj(x)), self._split(a.k_proj(x)), self._split(a.v_proj(x))
+            q, k, v = self.project_qkv(i, x)
             hidden = residual + a.out_proj(self._merge(self._self_attention_blocks(i, a, q, k, v, blocks, cache)))
             if self.cross_attention:
                 residual = hidden
@@ -159,6 +210,7 @@ class DecoderModules:
         Shapes depend on R only (CUDA-graph friendly): each row writes its K/V at its position and attends to the
         cache up to it; rows with nothing to do are given the scratch position.
         """
+        self._check_fused()
         rows = tokens.shape[0]
         hidden = self.embed(tokens, positions[:, None])
         width = cache.shape.max_positions + 1
@@ -174,7 +226,7 @@ class DecoderModules:
             residual = hidden
             x = layer.self_attn_layer_norm(hidden)
             a = layer.self_attn
-            q, k, v = self._split(a.q_proj(x)), self._split(a.k_proj(x)), self._split(a.v_proj(x))
+            q, k, v = self.project_qkv(i, x)
             cache.keys[i][row_index, :, positions] = k[:, :, 0]
             cache.values[i][row_index, :, positions] = v[:, :, 0]
             out = F.scaled_dot_product_attention(q, cache.keys[i][:rows], cache.values[i][:rows], attn_mask=self_mask,

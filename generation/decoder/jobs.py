@@ -112,6 +112,7 @@ class LiveJob:
     # MusicGen-melody: the chroma and text embeddings (rows, offset, D) fed before the BOS, at positions 0..offset-1
     prefix_embeds: torch.Tensor | None = None
     offset: int = 0  # decoder position of token 0 (the BOS)
+    embeds_done: int = 0  # MusicGen-melody: decoder positions of the prefix (and BOS) already prefilled
 
     @property
     def first_row(self) -> int:
