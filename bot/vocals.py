@@ -138,6 +138,19 @@ class Vocals:
                 longest = min(longest, float(chosen))
         return longest
 
+    async def _ready(self, request: Request, info: ModelInfo, parent: TrackRecord | None, doing: str) -> Plan | None:
+        """The last checks of a job made from a stored track: its length here, then an earlier plan of the same
+        request (returned: nothing new is queued), then the person's quota."""
+        longest = await self._longest(info, request.who.guild_id)
+        if parent is not None and parent.duration_s > longest + 1e-6:
+            raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; {doing} tracks of up to "
+                          f"{human_seconds(longest)}.")
+        existing = await self.planner._existing(request)
+        if existing is not None:
+            return Plan(request, None, existing=existing)
+        await self.planner.check_quota(request.who)
+        return None
+
     # -- /song with lyrics ------------------------------------------------------------------------------
 
     async def plan_song(self, request: Request, opts: SongOptions, reference: UploadInfo | None = None) -> Plan:
@@ -270,14 +283,9 @@ class Vocals:
         parent = await self.planner.track(track_id) if track_id else None
         if upload is not None:
             self.planner.check_upload(upload)
-        longest = await self._longest(info, request.who.guild_id)
-        if parent is not None and parent.duration_s > longest + 1e-6:
-            raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; a cover can be up to "
-                          f"{human_seconds(longest)}.")
-        existing = await self.planner._existing(request)
-        if existing is not None:
-            return Plan(request, None, existing=existing)
-        await self.planner.check_quota(request.who)
+        earlier = await self._ready(request, info, parent, "a cover can be made of")
+        if earlier is not None:
+            return earlier
         words = (parent.params.get("lyrics") or "") if parent else ""
         spec = JobSpec(cover_strength=strength, lyrics=words,
                        language=parent.params.get("language") if parent else None)
@@ -299,14 +307,9 @@ class Vocals:
         parent = await self.planner.track(track_id) if track_id else None
         if upload is not None:
             self.planner.check_upload(upload)
-        longest = await self._longest(info, request.who.guild_id)
-        if parent is not None and parent.duration_s > longest + 1e-6:
-            raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; stems can be made of up to "
-                          f"{human_seconds(longest)}.")
-        existing = await self.planner._existing(request)
-        if existing is not None:
-            return Plan(request, None, existing=existing)
-        await self.planner.check_quota(request.who)
+        earlier = await self._ready(request, info, parent, "stems can be made of")
+        if earlier is not None:
+            return earlier
         name = parent.prompt if parent else clean_prompt(upload.filename, self.config.max_prompt_chars)
         job = self.planner._new_job(request, prompt=name, duration_s=parent.duration_s if parent else 0.0, model=model,
                                     sampling=SamplingParams(guidance=info.default_guidance), kind=JobKind.STEMS,
@@ -322,14 +325,9 @@ class Vocals:
         if part not in info.parts:
             raise Refusal(f"I can add {', '.join(p.replace('_', ' ') for p in info.parts)}; not {part}.")
         parent = await self.planner.track(track_id)
-        longest = await self._longest(info, request.who.guild_id)
-        if parent.duration_s > longest + 1e-6:
-            raise Refusal(f"That track is {human_seconds(parent.duration_s)} long; parts can be added to up to "
-                          f"{human_seconds(longest)}.")
-        existing = await self.planner._existing(request)
-        if existing is not None:
-            return Plan(request, None, existing=existing)
-        await self.planner.check_quota(request.who)
+        earlier = await self._ready(request, info, parent, "parts can be added to")
+        if earlier is not None:
+            return earlier
         label = part.replace("_", " ")
         words = parent.params.get("lyrics")
         job = self.planner._new_job(request, prompt=f"{parent.prompt}, with {label}", duration_s=parent.duration_s,

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import queue as stdlib_queue
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import soundfile as sf
@@ -17,49 +10,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tiny-musicgen"
 
 
-class Console:
-    def __init__(self, data: Path) -> None:
-        env = {**os.environ, "BANDMATE_MODEL": str(TINY), "BANDMATE_DATA": str(data), "HF_HUB_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1", "BANDMATE_TORCH_THREADS": "1"}
-        env.pop("DISCORD_TOKEN", None)
-        self.log = open(data / "console.log", "w")  # a pipe nobody reads would fill up and block the console
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bot.py")], cwd=data, env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
-        self.lines: stdlib_queue.Queue[str] = stdlib_queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except stdlib_queue.Empty:
-                continue
-            self.seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; saw:\n" + "\n".join(self.seen[-30:]))
-
-    def close(self) -> int:
-        self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self.log.close()
+try:
+    from consoleprocess import Console
+except ImportError:  # tests/ as a package
+    from tests.consoleprocess import Console
 
 
 def test_the_console_runs_the_same_core(tmp_path):
-    console = Console(tmp_path)
+    console = Console(tmp_path, args=(), BANDMATE_MODEL=str(TINY))
     try:
         console.expect(r"Bandmate console")
         console.send("/compose smooth jazz trio --duration 1 --seed 1")
