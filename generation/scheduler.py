@@ -414,6 +414,8 @@ class Scheduler:
             return
         batch.last_event = now
         for job in batch.jobs:
+            if job.state is not JobState.RUNNING:  # a late report (another thread, a worker) never follows "done"
+                continue
             self._emit(JobEvent(EventKind.PROGRESS, job.id, job.user_id, step=p.step, total=p.total,
                                 eta_s=(p.total - p.step) * (self._step_s or 0.0),
                                 message=self.handover.note(job.id)))

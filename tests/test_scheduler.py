@@ -11,7 +11,7 @@ import soundfile as sf
 from generation.backend import OutOfMemory
 from generation.jobs import DeliveryState, JobState
 from generation.scheduler import EventKind, QueueRefused, SchedulerConfig
-from generation.types import SamplingParams
+from generation.types import Progress, SamplingParams
 from queue_harness import Harness
 
 pytestmark = pytest.mark.asyncio
@@ -163,6 +163,37 @@ async def test_out_of_memory_splits_the_batch_instead_of_failing_everyone(harnes
     await h.wait_delivered(4)
     assert gpu.calls == [4, 2, 2]
     assert sorted(state for _, state, _ in h.sink.calls) == ["done"] * 4
+    await h.close()
+
+
+class LateReporter:
+    """A backend whose last progress report reaches the queue after the job is done (another thread, a worker
+    whose progress entry was delayed): it must not turn a finished status back into a progress bar."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.sample_rate = backend.sample_rate
+        self.report = None
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def generate(self, requests, progress=None, **kw):
+        self.report = progress
+        return self.backend.generate(requests, progress=progress, **kw)
+
+
+async def test_a_late_progress_report_never_follows_done(harness, tiny_backend):
+    late = LateReporter(tiny_backend)
+    h = harness(SchedulerConfig(progress_interval_s=0.0), backend_for=lambda _id: late)
+    job = await h.scheduler.submit(h.job("u1"))
+    await h.start()
+    await h.wait_delivered(1)
+    late.report(Progress(step=10, total=50, elapsed_s=1.0))  # as if from the model thread, after the result
+    await asyncio.sleep(0.2)
+    kinds = [e.kind for e in h.events if e.job_id == job.id]
+    assert EventKind.DONE in kinds and kinds.index(EventKind.DONE) == max(
+        i for i, k in enumerate(kinds) if k in (EventKind.DONE, EventKind.PROGRESS))
     await h.close()
 
 
