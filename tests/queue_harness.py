@@ -14,6 +14,19 @@ from storage.files import FileStore
 from storage.jobstore import SqliteJobStore
 
 
+class Delivered:
+    """Delivery that lets a test await one job's delivery: `await sink.event(job.id).wait()`."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, asyncio.Event] = {}
+
+    def event(self, job_id: str) -> asyncio.Event:
+        return self.jobs.setdefault(job_id, asyncio.Event())
+
+    async def deliver(self, job, tracks) -> None:
+        self.event(job.id).set()
+
+
 class RecordingSink:
     """Delivery that remembers what it was handed; can fail its first attempts like a flaky network."""
 

@@ -26,21 +26,11 @@ from storage.database import Database
 from storage.files import FileStore
 from storage.jobstore import ConversationLinks, Leaderboard, SqliteJobStore
 from storage.taste import TasteStore
+from queue_harness import Delivered
 
 pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parent.parent
 MELODY = ROOT / "tests" / "fixtures" / "tiny-musicgen-melody"
-
-
-class Delivered:
-    def __init__(self) -> None:
-        self.jobs: dict[str, asyncio.Event] = {}
-
-    def event(self, job_id: str) -> asyncio.Event:
-        return self.jobs.setdefault(job_id, asyncio.Event())
-
-    async def deliver(self, job, tracks) -> None:
-        self.event(job.id).set()
 
 
 @pytest_asyncio.fixture

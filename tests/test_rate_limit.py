@@ -24,6 +24,7 @@ from generation.spec import JobSpec
 from storage.database import Database
 from storage.files import FileStore
 from storage.jobstore import ConversationLinks, SqliteJobStore
+from queue_harness import Delivered
 
 
 class FakeClock:
@@ -122,17 +123,6 @@ def test_not_before_survives_the_stored_form():
 
 
 # -- the core with a real queue -------------------------------------------------------------------------------
-
-
-class Delivered:
-    def __init__(self) -> None:
-        self.jobs: dict[str, asyncio.Event] = {}
-
-    def event(self, job_id: str) -> asyncio.Event:
-        return self.jobs.setdefault(job_id, asyncio.Event())
-
-    async def deliver(self, job, tracks) -> None:
-        self.event(job.id).set()
 
 
 @pytest_asyncio.fixture

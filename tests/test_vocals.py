@@ -37,23 +37,13 @@ from storage.files import FileStore
 from storage.jobstore import ConversationLinks, SqliteJobStore
 from storage.privacy import PrivacyStore
 from storage.settings import SettingsStore
+from queue_harness import Delivered
 
 ROOT = Path(__file__).resolve().parent.parent
 ACE = str(ROOT / "tests" / "fixtures" / "tiny-ace-step")
 SR = 48_000
 LYRICS = ("[intro]\n[verse]\nwalking down the street tonight\nlights are shining bright\n"
           "[chorus]\noh we sing\n[verse]\nmorning comes again\n[chorus]\noh we sing\n[bridge]\nhold on\n[outro]")
-
-
-class Delivered:
-    def __init__(self) -> None:
-        self.jobs: dict[str, asyncio.Event] = {}
-
-    def event(self, job_id: str) -> asyncio.Event:
-        return self.jobs.setdefault(job_id, asyncio.Event())
-
-    async def deliver(self, job, tracks) -> None:
-        self.event(job.id).set()
 
 
 @pytest_asyncio.fixture

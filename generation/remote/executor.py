@@ -412,7 +412,7 @@ class RedisExecutor:
             if flight is not None and flight.worker is None and not flight.future.done():
                 flight.worker = worker  # a worker that does not say "started": its first progress does
                 self._notify(ExecutorNotice(NoticeKind.STARTED, (job_id,)))
-            if flight is not None and not flight.future.done():  # after its result, a progress entry is stale
+            if flight is not None:
                 try:
                     flight.progress(Progress(step=int(fields[b"step"]), total=int(fields[b"total"]),
                                              elapsed_s=float(fields[b"elapsed"])))
