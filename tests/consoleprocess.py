@@ -32,6 +32,7 @@ class Console:
                                      text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.lines: stdlib_queue.Queue[str] = stdlib_queue.Queue()
         self.seen: list[str] = []
+        self._results_read = 0  # how far into `seen` results() has taken its track ids
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -64,8 +65,18 @@ class Console:
         return match
 
     def results(self, count: int) -> list[str]:
-        """The next `count` results' track ids (each result ends on its "track ID: reply ID ..." line)."""
-        return [self.expect(r"track (\w+): reply \1").group(1) for _ in range(count)]
+        """The next `count` results' track ids (each result ends on its "track ID: reply ID ..." line), in the
+        order printed. A result printed while `ask` waited for its own answer counts too: it was already seen."""
+        result = re.compile(r"track (\w+): reply \1")
+        ids: list[str] = []
+        while len(ids) < count:
+            if self._results_read == len(self.seen):
+                self.expect(result.pattern)
+            line = self.seen[self._results_read]
+            self._results_read += 1
+            if match := result.search(line):
+                ids.append(match.group(1))
+        return ids
 
     def jobs(self) -> int:
         return len(self.rows("SELECT id FROM jobs"))
