@@ -5,7 +5,8 @@ worker) awaits `SlotDriver.decode(job, ...)` per job. The job is submitted to it
 joins the running ones at the next step; ONE loop in the process's single model thread steps every decoder while
 any job is active and resolves each job's future the moment its handle finishes, so a job leaves (and can be
 rendered, published, acknowledged) after its own steps, not when the others end. A cancelled job (`should_stop`)
-frees its slot at the next step.
+frees its slot at the next step. A job for a model not loaded yet has it loaded, and its decoder built, between two
+steps: it then joins the running jobs (the loop steps every decoder), instead of waiting for them to leave.
 
 What the decoder does not run (`decodable` is False: continuations, songs, remixes, Stable Audio, more
 variations than slots, a model whose loaded backend is not MusicGen) is the caller's to run on the plain path,
@@ -90,6 +91,7 @@ class SlotDriver:
         self._lock = threading.Lock()  # guards _active and _driving (event loop and model thread)
         self._active: list[_Active] = []
         self._driving = False
+        self._calls: list[tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]] = []
         self.steps_run = 0  # drive-loop steps, all decoders together
         # Called in the model thread after every drive-loop step with `steps_run` (benchmarks, tests).
         self.on_step: Callable[[int], None] | None = None
@@ -118,7 +120,7 @@ class SlotDriver:
         """Build the model's decoder if need be (in the model thread, so behind a running loop); False when its
         loaded backend is not one the decoder runs (the job goes the plain path)."""
         if not self.known(model_id):
-            await asyncio.get_running_loop().run_in_executor(self._model, self._decoder_for, model_id)
+            await self._in_model_thread(lambda: self._decoder_for(model_id))
         return model_id in self._decoders
 
     def prepare(self, model_id: str):
@@ -170,7 +172,7 @@ class SlotDriver:
         error, GenerationCancelled, or a clear ValueError for a request the decoder refuses."""
         decoder = self._decoders.get(job.model)
         if decoder is None:  # not built yet, or a failed step dropped it a moment ago: a fresh one
-            decoder = await asyncio.get_running_loop().run_in_executor(self._model, self._decoder_for, job.model)
+            decoder = await self._in_model_thread(lambda: self._decoder_for(job.model))
         if decoder is None:
             raise ValueError(f"{job.model} does not run in the decoder")
         request: GenerationRequest = self.runner.text_request(job, decoder)
@@ -189,17 +191,38 @@ class SlotDriver:
             handle.cancel()
             raise
 
+    async def _in_model_thread(self, fn: Callable[[], object]):
+        """fn's result, run in the model thread: between two steps while the drive loop holds that thread (so a job
+        for another model has its model loaded and its decoder built while the running jobs pause, and then joins
+        them, instead of waiting until they have all left), else as the pool's next task."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._driving:
+                future = None
+            else:
+                future = loop.create_future()
+                self._calls.append((fn, future, loop))
+        if future is None:
+            return await loop.run_in_executor(self._model, fn)
+        return await future
+
     # -- the loop (model thread) ----------------------------------------------------------------------------
 
     def _drive(self) -> None:
-        """Step every decoder with work until none has any."""
+        """Step every decoder with work until none has any; calls handed to the model thread meanwhile run
+        between steps."""
         try:
             while True:
                 with self._lock:
                     active = list(self._active)
-                    if not active:
+                    calls, self._calls = self._calls, []
+                    if not active and not calls:
                         self._driving = False
                         return
+                for call in calls:
+                    self._run_call(*call)
+                if not active:
+                    continue
                 for entry in active:
                     if not entry.handle.state.finished and entry.should_stop():
                         entry.handle.cancel()
@@ -217,9 +240,33 @@ class SlotDriver:
             log.exception("decoder drive loop failed")
             with self._lock:
                 entries, self._active, self._driving = list(self._active), [], False
+                calls, self._calls = self._calls, []
             for entry in entries:
                 self._resolve(entry, error)
+            for _, future, loop in calls:
+                self._settle(future, loop, None, error)
             raise
+
+    def _run_call(self, fn: Callable[[], object], future: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            result, error = fn(), None
+        except Exception as failure:  # noqa: BLE001 - the caller's to handle (a model that fails to load)
+            result, error = None, failure
+        self._settle(future, loop, result, error)
+
+    @staticmethod
+    def _settle(future: asyncio.Future, loop: asyncio.AbstractEventLoop, result, error: BaseException | None) -> None:
+        """Set a future of an event loop from the model thread."""
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle)
 
     def _fail_decoder(self, decoder, error: BaseException) -> None:
         """A failed step leaves the decoder's state unknown: its jobs fail with the error; the next job builds a
@@ -251,14 +298,4 @@ class SlotDriver:
                 audios = self.runner.watermarked(entry.job, entry.handle.result())
             except BaseException as failure:  # noqa: BLE001 - GenerationCancelled, the job's own error
                 error = failure
-
-        def settle() -> None:
-            if entry.future.done():
-                return
-            if error is not None:
-                entry.future.set_exception(error)
-            else:
-                entry.future.set_result(audios)
-
-        if not entry.loop.is_closed():
-            entry.loop.call_soon_threadsafe(settle)
+        self._settle(entry.future, entry.loop, audios, error)

@@ -1,9 +1,13 @@
 """The shared drive loop (generation/slot_driver.py) on the tiny fixture in fp32: a decoder job gets the job's
-watermark exactly as the `generate` path embeds it (the tiny AudioSeal fixture), and nothing when it has none."""
+watermark exactly as the `generate` path embeds it (the tiny AudioSeal fixture), and nothing when it has none; a
+job for another model has that model loaded between two steps and joins the running job, rather than waiting for
+it to end."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,5 +42,36 @@ async def test_a_decoder_job_carries_the_watermark_the_generate_path_embeds(tmp_
         assert driver.steps_run > 0  # both ran in the decoder's slots
         assert np.array_equal(marked[0].samples, generated[marked_job.id][0].samples)
         assert np.abs(marked[0].samples - unmarked[0].samples).max() > 0
+    finally:
+        pool.shutdown(wait=True)
+
+
+@pytest.mark.asyncio
+async def test_a_job_for_another_model_joins_the_running_one_instead_of_waiting_for_it(tmp_path, models,
+                                                                                        tiny_model_path):
+    other_model = tmp_path / "another-tiny-musicgen"  # another model id, as a second hub id or folder would be
+    shutil.copytree(tiny_model_path, other_model)
+    runner = JobRunner(models, FileStore(tmp_path))
+    pool = ThreadPoolExecutor(max_workers=1)
+    driver = SlotDriver(runner, DecoderOptions(slots=2), pool)
+    drawn: list[dict[str, int]] = []
+    driver.on_step = lambda step: drawn.append(driver.drawn())
+    try:
+        def piece(model: str, seconds: float, seed: int) -> Job:
+            return Job(user_id="u", prompt="jazz drums", duration_s=seconds, model=model, seed=seed,
+                       delivery=DeliveryAddress("test"))
+
+        first, second = piece(tiny_model_path, 2.0, 1), piece(str(other_model), 0.5, 2)
+        running = asyncio.create_task(driver.decode(first, lambda p: None, lambda: False))
+        deadline = time.monotonic() + 60
+        while not (drawn and drawn[-1].get(first.id, 0) >= 3) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not driver.known(str(other_model))
+        joined = await driver.decode(second, lambda p: None, lambda: False)
+        assert not running.done()  # delivered while the first still runs: its model was loaded between steps
+        assert any(first.id in step and second.id in step for step in drawn)  # the two decoders stepped together
+        alone = await asyncio.get_running_loop().run_in_executor(pool, runner.generate, [first, second])
+        assert np.array_equal(joined[0].samples, alone[second.id][0].samples)
+        assert np.array_equal((await running)[0].samples, alone[first.id][0].samples)
     finally:
         pool.shutdown(wait=True)

@@ -5,6 +5,9 @@ cross-attention keys/values computed once, RNGs seeded, delay pattern built); au
 chunks when `prefill_chunk` is set); every running job draws one token per codebook, all jobs in one forward
 call; a job that has drawn its last token is un-delayed and EnCodec-decoded at once.
 
+Out of accelerator memory while admitting, the newcomer stays queued; in the middle of a step, one job gives its
+slots back and starts again later from its seed (`_shed`). Running jobs never fail for memory a newcomer took.
+
 A job's tokens depend only on its own request (see `generation/decoder/forward.py` for when that is bit-exact).
 """
 
@@ -19,6 +22,7 @@ import torch
 
 from generation.backend import OutOfMemory
 from generation.decoder.cache import CacheShape, StaticKVCache
+from generation.decoder.conditioning import Conditioning
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
 from generation.decoder.sampling import new_generator, sample_job
@@ -84,10 +88,7 @@ class MusicGenDecoder:
         self.slots = slots
         self.pad = int(backend.pad_token_id)
         self.melody = getattr(backend, "family", "musicgen") == "musicgen-melody"
-        self._project = getattr(self.model, "enc_to_dec_proj", None)
-        if (self.model.text_encoder.config.hidden_size == cfg.hidden_size
-                or cfg.cross_attention_hidden_size is not None):
-            self._project = None  # the model itself projects only when the widths differ
+        self.conditioning = Conditioning(backend, self.modules, self.cache, self.device)
         use_graphs = (self.mode is StepMode.STATIC and self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         self.graphs = None
         if use_graphs:
@@ -97,6 +98,8 @@ class MusicGenDecoder:
 
             self.graphs = CudaGraphSteps(self.modules, self.cache, self.k)
         self.steps_run = 0
+        self.sheds = 0  # jobs sent back to the queue because memory ran out mid-step
+        self.slot_ceiling: int | None = None  # while set, admission keeps the slots in use at or below it
         self._queue: deque[DecodeHandle] = deque()
         self._live: list[LiveJob] = []
         self._lock = threading.Lock()
@@ -181,6 +184,23 @@ class MusicGenDecoder:
         """Cancel, admit, prefill, draw one token for every running job, deliver the finished ones."""
         self._drop_cancelled()
         self._admit_waiting()
+        marks = [(job, job.prefill_mark()) for job in self._live if job.prefilling]
+        try:
+            results = self._forward()
+        except torch.OutOfMemoryError as error:
+            for job, mark in marks:
+                job.back_to(mark)  # nothing was drawn: the step runs again, with fewer jobs, next time
+            self._shed(error)
+            return
+        self.steps_run += 1
+        for job, logits in results:
+            self._draw(job, logits)
+        for job in [j for j in self._live if j.drawn >= j.steps]:
+            self._deliver(job)
+
+    def _forward(self) -> list[tuple[LiveJob, torch.Tensor]]:
+        """Prefill (a chunk of) each prefilling job, and one forward call for every job that draws this step: the
+        logits each job samples from. Changes nothing but prefill progress and the cache rows it writes."""
         prefilled = []
         for job in [j for j in self._live if j.prefilling]:
             logits = self._prefill(job)
@@ -188,12 +208,30 @@ class MusicGenDecoder:
                 prefilled.append((job, logits))
         just_prefilled = {id(job) for job, _ in prefilled}
         decoding = [j for j in self._live if not j.prefilling and id(j) not in just_prefilled]
-        results = prefilled + self._decode(decoding)
-        self.steps_run += 1
-        for job, logits in results:
-            self._draw(job, logits)
-        for job in [j for j in self._live if j.drawn >= j.steps]:
-            self._deliver(job)
+        return prefilled + self._decode(decoding)
+
+    def _shed(self, error: torch.OutOfMemoryError) -> None:
+        """Out of accelerator memory in the middle of a step: the running jobs must not fail for it. The job that
+        loses least (fewest tokens drawn; of those, the one in the highest slots, which shrinks the static step
+        most) gives its slots back and waits at the head of the queue; it starts again from its seed, so its
+        audio is the same. Until the decoder empties, admission stops at the slots still in use. A job that
+        does not fit even alone fails with OutOfMemory."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(self._live) == 1:
+            (job,) = self._live
+            self._release(job)
+            job.handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
+            return
+        job = min(self._live, key=lambda j: (j.drawn, -j.first_slot))
+        self._release(job)
+        job.handle._requeued()
+        with self._lock:
+            self._queue.appendleft(job.handle)
+        self.slot_ceiling = self.slots - self.cache.free_slots()
+        self.sheds += 1
+        log.warning("out of memory mid-step; job %s (%d slots, %d tokens drawn) waits for memory, %d slots keep "
+                    "running", job.handle.id, job.slots, job.drawn, self.slot_ceiling)
 
     # -- admission --------------------------------------------------------------------------------------------
 
@@ -210,6 +248,8 @@ class MusicGenDecoder:
         with self._lock:
             waiting = list(self._queue)
         for handle in waiting:
+            if self.slot_ceiling is not None and self.slots - self.cache.free_slots() + handle.rows > self.slot_ceiling:
+                continue
             first = self.cache.allocate(handle.rows)
             if first is None:
                 continue  # no block of that many slots free; a smaller job behind it may still fit
@@ -243,9 +283,9 @@ class MusicGenDecoder:
         first_row = 2 * first_slot
         prefix_embeds = None
         if self.melody:
-            prefix_embeds = self._melody_prefix(r, n, guided)
+            prefix_embeds = self.conditioning.melody_prefix(r, n, guided)
         else:
-            self._encode_text(r.prompt, n, guided, first_row)
+            self.conditioning.encode_text(r.prompt, n, guided, first_row)
         prompt_codes, samples = None, None
         if r.audio_prompt is not None:
             samples = self.backend._prompt_samples(r.audio_prompt)
@@ -266,54 +306,11 @@ class MusicGenDecoder:
             prefilled=1 if frames == 0 and prefix_embeds is None else 0, prompt_samples=samples,
             prefix_embeds=prefix_embeds, offset=0 if prefix_embeds is None else prefix_embeds.shape[1])
 
-    def _encode_text(self, prompt: str, n: int, guided: bool, first_row: int) -> None:
-        """The text's cross-attention keys/values for the job's rows, as `generate` builds them for it alone:
-        the prompt once per variation, then (with guidance) as many all-zero, fully masked unconditional rows."""
-        enc = self.backend.tokenizer([prompt] * n, padding=True, return_tensors="pt")
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        if guided:
-            hidden = torch.cat([hidden, torch.zeros_like(hidden)], dim=0)
-            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-        if self._project is not None:
-            hidden = self._project(hidden)
-        hidden = hidden * mask[..., None]
-        for i, layer in enumerate(self.modules.layers):
-            attn = layer.encoder_attn
-            keys = self.modules._split(attn.k_proj(hidden))
-            values = self.modules._split(attn.v_proj(hidden))
-            self.cache.set_cross(i, first_row, keys, values)
-        self.cache.set_cross_mask(first_row, mask.bool())
-
-    def _melody_prefix(self, r: GenerationRequest, n: int, guided: bool) -> torch.Tensor:
-        """MusicGen-melody's decoder prefix for a job's rows, built as its `generate` builds it for the job alone:
-        the projected chroma (looped to chroma_length; a 'null' chroma for the unconditional rows), then the
-        projected text (zeros for the unconditional rows)."""
-        b, model = self.backend, self.model
-        enc = b.tokenizer([r.prompt] * n, padding=True, return_tensors="pt")
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        text = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        if model.text_encoder.config.hidden_size != model.decoder.config.hidden_size:
-            text = model.enc_to_dec_proj(text)
-        if guided:
-            text = torch.cat([text, torch.zeros_like(text)], dim=0)
-            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-        text = text * mask[..., None]
-        chroma = torch.from_numpy(np.stack([b.melody_chroma(r.melody)] * n)).to(self.device, b._chroma_dtype)
-        null = torch.zeros_like(chroma)
-        null[:, :, 0] = 1
-        if guided:
-            chroma = torch.cat([chroma, null], dim=0)
-        if model.config.num_chroma != model.decoder.config.hidden_size:
-            chroma = model.audio_enc_to_dec_proj(chroma)
-        length = model.config.chroma_length
-        if chroma.shape[1] < length:
-            chroma = chroma.repeat(1, -(-length // chroma.shape[1]), 1)
-        return torch.cat([chroma[:, :length], text], dim=1)
-
     def _release(self, job: LiveJob) -> None:
         self._live.remove(job)
         self.cache.release(job.first_slot, job.slots)
+        if not self._live:
+            self.slot_ceiling = None  # memory found short mid-step is judged afresh once the decoder is empty
 
     # -- model calls ------------------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class DecodeHandle:
         self.first_step: int | None = None  # ... when this job drew its first token
         self.submitted_at = time.monotonic()
         self.finished_at: float | None = None
+        self.requeued = 0  # times it gave its slots back because the accelerator ran out of memory mid-step
         self._progress = progress
         self._cancel = threading.Event()
         self._done = threading.Event()
@@ -76,6 +77,12 @@ class DecodeHandle:
         return self.audio
 
     # -- called by the engine -------------------------------------------------------------------------------
+
+    def _requeued(self) -> None:
+        """Back in the queue (its slots were needed when memory ran out): it starts again from its seed."""
+        self.state = DecodeState.QUEUED
+        self.step = 0
+        self.requeued += 1
 
     def _report(self, step: int) -> None:
         self.step = step
@@ -125,6 +132,14 @@ class LiveJob:
     @property
     def prefilling(self) -> bool:
         return self.prefilled < self.prefix
+
+    def prefill_mark(self) -> tuple:
+        """Where its prefill stands; a step that runs out of memory puts it back there, so the step run again
+        feeds exactly the same positions."""
+        return self.prefilled, self.embeds_done, self.next_pos, self.prefix_embeds, self.handle.state
+
+    def back_to(self, mark: tuple) -> None:
+        self.prefilled, self.embeds_done, self.next_pos, self.prefix_embeds, self.handle.state = mark
 
     def inputs(self, start: int, end: int) -> torch.Tensor:
         """Fed tokens at positions start..end-1 for all rows: (rows, codebooks, end - start)."""
