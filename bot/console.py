@@ -208,6 +208,12 @@ async def handle_line(core: Bandmate, line: str) -> str | None:
         return refusal.user_message
     except (OSError, ValueError) as error:
         return f"That didn't work: {error}"
+    except EOFError:
+        raise
+    except Exception:  # noqa: BLE001 - a fault in one command never ends the console (nor loses its queue)
+        log.exception("console command %r failed", command)
+        return (f"Sorry, `{command}` failed: that is a fault in Bandmate, and the log has the details. "
+                "The console goes on, and pieces already queued are still being made.")
     return "Unknown command. Try `/compose lo-fi piano --duration 8`, `reply TRACK continue`, `queue` or `help`."
 
 

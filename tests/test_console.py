@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import re
 from pathlib import Path
 
 import soundfile as sf
+
+from app.services import Application
+from app.settings import Settings
+from bot.console import run_console
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tiny-musicgen"
@@ -53,3 +61,28 @@ def test_the_console_runs_the_same_core(tmp_path):
         assert not [line for line in console.seen if "**" in line or "`" in line], console.seen
     finally:
         assert console.close() == 0
+
+
+def test_a_fault_in_one_command_is_said_and_the_console_goes_on(tmp_path, monkeypatch, caplog):
+    """Any exception from a command (not only a refusal or a bad file) is answered in one line and logged with its
+    traceback; the console keeps reading and the piece queued before it is still made."""
+    out = io.StringIO()
+
+    async def main() -> int:
+        settings = Settings(data_dir=tmp_path, model=str(TINY), torch_threads=1, rate_per_min=0.0)
+        async with Application(settings, operator=True) as app:
+            def broken(requester):
+                raise KeyError("queue_position")
+
+            monkeypatch.setattr(app.core, "queue_text", broken)
+            stdin = io.StringIO("/compose smooth jazz trio --duration 1 --seed 1\nqueue\nhelp\n")
+            return await run_console(app, stdin, out)
+
+    with caplog.at_level(logging.ERROR, logger="bot.console"):
+        assert asyncio.run(main()) == 0
+    printed = out.getvalue()
+    assert "Sorry, queue failed: that is a fault in Bandmate" in printed
+    assert printed.index("Sorry, queue failed") < printed.index("Console commands:")  # the next command ran
+    assert re.search(r"track (\w+): reply \1", printed)  # the piece queued before the fault was delivered
+    (record,) = [r for r in caplog.records if "console command 'queue' failed" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
