@@ -63,6 +63,12 @@ def requests(n: int, seconds: float, offset: int = 0) -> list[GenerationRequest]
                               sampling=SamplingParams(guidance=3.0)) for i in range(n)]
 
 
+def sync(device) -> None:
+    """On CUDA, wait for the queued kernels: a step's time is its kernels' time, not its launches'."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def generate_wall(backend, n: int, seconds: float) -> float:
     start = time.perf_counter()
     backend.generate(requests(n, seconds))
@@ -77,6 +83,7 @@ def decoder_wall(decoder: MusicGenDecoder, n: int, seconds: float) -> tuple[floa
     while not decoder.idle:
         t = time.perf_counter()
         decoder.step()
+        sync(decoder.device)
         times.append(time.perf_counter() - t)
     assert all(h.audio is not None for h in handles)
     return time.perf_counter() - start, times[1:-1]  # not the admitting step, not the decoding one
@@ -86,10 +93,12 @@ def step_time(decoder: MusicGenDecoder, rows: int, seconds: float, steps: int) -
     """Median step time with `rows` jobs running, measured over `steps` steps in the middle of a clip."""
     handles = [decoder.submit(r) for r in requests(rows, seconds)]
     decoder.step()  # admission
+    sync(decoder.device)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         decoder.step()
+        sync(decoder.device)
         times.append(time.perf_counter() - t)
     for h in handles:
         h.cancel()
@@ -97,15 +106,17 @@ def step_time(decoder: MusicGenDecoder, rows: int, seconds: float, steps: int) -
     return statistics.median(times)
 
 
-def copy_bandwidth(mib: int = 512) -> float:
-    """Bytes per second of a large tensor copy (read + write)."""
-    src = torch.ones(mib * 2 ** 20 // 4, dtype=torch.float32)
+def copy_bandwidth(device="cpu", mib: int = 512) -> float:
+    """Bytes per second of a large tensor copy (read + write) in the device's own memory."""
+    src = torch.ones(mib * 2 ** 20 // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
+    sync(device)
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         dst.copy_(src)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * src.numel() * src.element_size() / best
 
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decoder_vs_generate_rows1: {dec[1] / gen[1]:.2f}")
 
     element = torch.empty((), dtype=decoder.modules.dtype).element_size()
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(decoder.device, mib=2048 if decoder.device.type == "cuda" else 512)
     floor = bandwidth / step_bytes(backend.model, 4, steps / 2, element)
     print(f"copy_bandwidth_gb_s: {bandwidth / 1e9:.1f}")
     print(f"bandwidth_floor_steps_per_s: {floor:.2f}")
