@@ -140,3 +140,43 @@ def test_out_of_memory_while_admitting_keeps_the_newcomer_queued_and_the_running
     assert torch.equal(running.codes, alone(tiny_backend, SHORT))
     assert torch.equal(waiting.codes, alone(tiny_backend, TEXT))
     assert waiting.first_step == tokens_for(SHORT.duration_s) + 1  # admitted the step after the first job left
+
+
+def test_out_of_memory_decoding_a_finished_job_to_audio_tries_again_once_others_have_left(tiny_backend,
+                                                                                          monkeypatch):
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    long = decoder.submit(TEXT)
+    short = decoder.submit(SHORT)
+    encodec, attempts = decoder.model.audio_encoder, []
+    decode = encodec.decode
+
+    def short_of_memory(codes, *args, **kwargs):
+        attempts.append(codes.shape[1])
+        if not long.state.finished and len(attempts) <= 3:  # tight while the long job runs
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return decode(codes, *args, **kwargs)
+
+    monkeypatch.setattr(encodec, "decode", short_of_memory)
+    for _ in range(tokens_for(SHORT.duration_s)):
+        decoder.step()
+    assert short.state is DecodeState.RUNNING and long.state is DecodeState.RUNNING  # drawn, waiting to decode
+    assert decoder.free_slots() == 3  # its slot is free for others meanwhile
+    decoder.run_until_idle()
+    assert len(attempts) > 2 and short.state is DecodeState.DONE and long.state is DecodeState.DONE
+    assert torch.equal(short.codes, alone(tiny_backend, SHORT))
+    assert short.result()[0].samples.shape == (1, round(SHORT.duration_s * tiny_backend.sample_rate))
+
+
+def test_out_of_memory_decoding_with_nothing_else_running_fails_that_job_alone(tiny_backend, monkeypatch):
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    encodec = decoder.model.audio_encoder
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+
+    monkeypatch.setattr(encodec, "decode", no_memory)
+    handle = decoder.submit(SHORT)
+    decoder.run_until_idle()
+    assert handle.state is DecodeState.FAILED and decoder.idle
+    with pytest.raises(OutOfMemory):
+        handle.result()

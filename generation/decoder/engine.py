@@ -23,10 +23,11 @@ import torch
 from generation.backend import OutOfMemory
 from generation.decoder.cache import CacheShape, StaticKVCache
 from generation.decoder.conditioning import Conditioning
+from generation.decoder.delivery import audio_of, undelayed_codes
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
 from generation.decoder.sampling import new_generator, sample_job
-from generation.types import DELAY_STEPS, Audio, GenerationRequest, ProgressCallback, tokens_for
+from generation.types import GenerationRequest, ProgressCallback, tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class MusicGenDecoder:
         self.slot_ceiling: int | None = None  # while set, admission keeps the slots in use at or below it
         self._queue: deque[DecodeHandle] = deque()
         self._live: list[LiveJob] = []
+        self._to_decode: list[LiveJob] = []  # drawn all their tokens; EnCodec ran out of memory decoding them
         self._lock = threading.Lock()
 
     @classmethod
@@ -168,7 +170,7 @@ class MusicGenDecoder:
     @property
     def idle(self) -> bool:
         with self._lock:
-            return not self._queue and not self._live
+            return not self._queue and not self._live and not self._to_decode
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
@@ -183,6 +185,8 @@ class MusicGenDecoder:
     def step(self) -> None:
         """Cancel, admit, prefill, draw one token for every running job, deliver the finished ones."""
         self._drop_cancelled()
+        for job in list(self._to_decode):
+            self._deliver(job)
         self._admit_waiting()
         marks = [(job, job.prefill_mark()) for job in self._live if job.prefilling]
         try:
@@ -242,6 +246,9 @@ class MusicGenDecoder:
                 handle._finish(DecodeState.CANCELLED)
         for job in [j for j in self._live if j.handle.cancel_requested]:
             self._release(job)
+            job.handle._finish(DecodeState.CANCELLED)
+        for job in [j for j in self._to_decode if j.handle.cancel_requested]:
+            self._to_decode.remove(job)
             job.handle._finish(DecodeState.CANCELLED)
 
     def _admit_waiting(self) -> None:
@@ -399,27 +406,32 @@ class MusicGenDecoder:
             job.handle.first_step = self.steps_run
         job.handle._report(job.drawn)
 
-    def codes_of(self, job: LiveJob) -> torch.Tensor:
-        """Un-delayed codes (slots, codebooks, frames), the prompt's frames included."""
-        count = job.prompt_frames + job.steps - DELAY_STEPS
-        return torch.stack([torch.stack([job.seq[s, c, c + 1:c + 1 + count] for c in range(self.k)])
-                            for s in range(job.slots)])
-
     def _deliver(self, job: LiveJob) -> None:
-        self._release(job)
+        """Un-delay and EnCodec-decode a job that has drawn its last token. Out of memory here, the job keeps its
+        codes and is decoded again at the next step, when others may have left; it fails only if it runs out with
+        no other job running."""
+        if job in self._live:
+            self._release(job)
         handle = job.handle
         try:
-            codes = self.codes_of(job)
-            values = self.model.audio_encoder.decode(codes[None], [None] * job.slots).audio_values
-            audio = values.float().cpu().numpy()[:, 0, :]
-            b, r = self.backend, handle.request
-            wanted = job.prompt_frames * b.hop + round(r.duration_s * b.sample_rate)
-            out = [Audio(a[None, :wanted].copy(), b.sample_rate) for a in audio]
-            if r.audio_prompt is not None:
-                out = [b._stitch(r.audio_prompt, job.prompt_samples, piece) for piece in out]
+            codes = undelayed_codes(job, self.k)
+            out = audio_of(self.backend, job, codes)
+        except torch.OutOfMemoryError as error:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if job in self._to_decode:
+                self._to_decode.remove(job)
+            if self._live:
+                log.warning("out of memory decoding job %s to audio; it is decoded again at the next step", handle.id)
+                self._to_decode.append(job)
+            else:
+                handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
+            return
         except Exception as error:  # noqa: BLE001 - one job's decode failure is that job's failure
             log.exception("decoding job %s failed", handle.id)
             handle._finish(DecodeState.FAILED, error=error)
             return
+        if job in self._to_decode:
+            self._to_decode.remove(job)
         handle.codes = codes
         handle._finish(DecodeState.DONE, audio=out)
