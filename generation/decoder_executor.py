@@ -1,14 +1,16 @@
-"""The model in this process behind the engine's own decoder: text jobs join running ones at the next step.
+"""The model in this process behind the engine's own decoder: jobs join running ones at the next step.
 
 The scheduler dispatches single jobs (`batch_limit = 1`) in its fair round-robin order while `has_capacity()`
-says a slot is free. A MusicGen text job goes to the shared drive loop (`generation/slot_driver.py`): it joins the
-running jobs at the next step, in the single model thread, and its future is resolved when its handle finishes;
-rendering runs in the render threads, as with `LocalExecutor`.
+says a slot is free. A MusicGen text, continuation (`/extend` windows too) or song job, or a MusicGen-melody
+remix, goes to the shared drive loop (`generation/slot_driver.py`): its requests join the running jobs at the
+next step, in the single model thread (a continuation's, song's or remix's own logic runs in a job thread and
+submits each model call there), and its future is resolved when it has its audio; rendering runs in the render
+threads, as with `LocalExecutor`.
 
-Everything else (continuations and `/extend` windows, songs, remixes, Stable Audio, a job with more variations
-than slots) runs as before through `JobRunner.generate` on the plain backend, in the same model thread, once the
-drive loop has gone idle: while such a job waits or runs the executor reports no capacity, so the running text
-jobs drain and nothing new joins.
+Everything else (Stable Audio, ACE-Step, audio-to-audio variations, a job with more variations than slots) runs as
+before through `JobRunner.generate` on the plain backend, in the same model thread, once the drive loop has gone
+idle: while such a job waits or runs the executor reports no capacity, so the running jobs drain and nothing new
+joins.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class DecoderExecutor:
         self._reserved_rows += job.rows  # before any await: the scheduler asks for capacity right after
         reserved = True
         try:
-            if not await self.driver.ensure(job.model):  # its loaded backend is not one the decoder runs
+            if not await self.driver.ensure_for(job):  # a loaded backend is not one the decoder runs
                 self._reserved_rows -= job.rows
                 reserved = False
                 return await self._execute_plain(jobs, progress, should_stop)

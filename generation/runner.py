@@ -82,11 +82,22 @@ class JobRunner:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, list[Audio]]:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
-        audios = self._generate(jobs, progress=progress, should_stop=should_stop)
-        for job in jobs:  # a chain's helper window is the next window's input, not a delivered file
-            if not chain.owner_of(job) and job.id in audios:
-                audios[job.id] = self.watermarked(job, audios[job.id])
-        return audios
+        audios = self.made(jobs, progress=progress, should_stop=should_stop)
+        return {job_id: self.finished(next(j for j in jobs if j.id == job_id), pieces)
+                for job_id, pieces in audios.items()}
+
+    def made(self, jobs: list[Job], *, progress: ProgressCallback | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             backend_for: Callable[[str], Backend] | None = None) -> dict[str, list[Audio]]:
+        """The model's audio for the batch, before any watermark. `backend_for`: where the models come from, when
+        not this runner's own (generation/slot_driver.py runs a continuation, song or remix in the decoder's shared
+        slots by handing it backends that submit there)."""
+        return self._generate(jobs, progress, should_stop, backend_for or self.backend_for)
+
+    def finished(self, job: Job, audios: list[Audio]) -> list[Audio]:
+        """What `made` gave, as delivered: watermarked, except a chain's helper window (the next window's input,
+        not a delivered file). Torch work: call in the model thread."""
+        return audios if chain.owner_of(job) else self.watermarked(job, audios)
 
     def watermarked(self, job: Job, audios: list[Audio]) -> list[Audio]:
         """The job's audio with the watermark it asks for (`spec.watermark`), wherever the audio was made."""
@@ -108,16 +119,11 @@ class JobRunner:
             marked = kept
         return Audio(marked, audio.sample_rate)
 
-    def _generate(
-        self,
-        jobs: list[Job],
-        *,
-        progress: ProgressCallback | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> dict[str, list[Audio]]:
+    def _generate(self, jobs: list[Job], progress: ProgressCallback | None, should_stop: Callable[[], bool] | None,
+                  backend_for: Callable[[str], Backend]) -> dict[str, list[Audio]]:
         if jobs[0].kind is JobKind.REMIX:  # --- REMIX: each job's input audio is its melody (generation/melody.py) ---
-            return self._remix(jobs, progress, should_stop)
-        backend = self.backend_for(jobs[0].model)
+            return self._remix(jobs, progress, should_stop, backend_for)
+        backend = backend_for(jobs[0].model)
         refusal = getattr(backend, "no_continuation_message", None)
         if jobs[0].kind in (JobKind.CONTINUE, JobKind.SONG) and not backend.supports_continuation and refusal:
             # --- STABLE AUDIO: a family that cannot continue audio says so, and what to do, in the user's terms ---
@@ -140,7 +146,7 @@ class JobRunner:
         if jobs[0].kind is JobKind.SONG:  # --- SONG: sections one after another (generation/song.py) ---
             if len(jobs) != 1:
                 raise ValueError("song jobs run one at a time")
-            return {jobs[0].id: self._compose(backend, jobs[0], progress, should_stop)}
+            return {jobs[0].id: self._compose(backend, jobs[0], progress, should_stop, backend_for)}
         requests = [self._request(j, backend) for j in jobs]
         results = backend.generate(requests, progress=progress, should_stop=should_stop)
         return {j.id: audios for j, audios in zip(jobs, results)}
@@ -163,7 +169,7 @@ class JobRunner:
         )
 
     def _compose(self, backend: Backend, job: Job, progress: ProgressCallback | None,
-                 should_stop: Callable[[], bool] | None) -> list[Audio]:
+                 should_stop: Callable[[], bool] | None, backend_for: Callable[[str], Backend]) -> list[Audio]:
         """SONG: one whole song per variation (seed + i), progress over all of them. With `spec.chorus` MELODY a returning chorus follows the first one's melody through the melody model instead of repeating
         its audio."""
         sections = sections_from_spec(job.spec)
@@ -171,7 +177,7 @@ class JobRunner:
         if job.spec.chorus is ChorusMode.MELODY:
             from generation.melody import melody_backend  # imports torch: only where it is used
 
-            melody = melody_backend(self.backend_for, job.spec.melody_model)
+            melody = melody_backend(backend_for, job.spec.melody_model)
         songs = []
         for i in range(job.variations):
             def report(p: Progress, i: int = i) -> None:
@@ -195,12 +201,12 @@ class JobRunner:
                            mp3="", png="", flac=rel, operation=job.operation, parent_track_id=job.parent_track_id,
                            user_id=job.user_id, guild_id=job.guild_id, channel_id=job.channel_id)
 
-    def _remix(self, jobs: list[Job], progress: ProgressCallback | None,
-               should_stop: Callable[[], bool] | None) -> dict[str, list[Audio]]:
+    def _remix(self, jobs: list[Job], progress: ProgressCallback | None, should_stop: Callable[[], bool] | None,
+               backend_for: Callable[[str], Backend]) -> dict[str, list[Audio]]:
         """REMIX: one melody-model call; each job follows the chroma of its stored input audio (FLAC/WAV)."""
         from generation.melody import melody_backend  # imports torch: only where a remix runs
 
-        backend = melody_backend(self.backend_for, jobs[0].model)
+        backend = melody_backend(backend_for, jobs[0].model)
         requests = []
         for j in jobs:
             if not j.input_audio:

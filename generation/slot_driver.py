@@ -8,9 +8,11 @@ rendered, published, acknowledged) after its own steps, not when the others end.
 frees its slot at the next step. A job for a model not loaded yet has it loaded, and its decoder built, between two
 steps: it then joins the running jobs (the loop steps every decoder), instead of waiting for them to leave.
 
-What the decoder does not run (`decodable` is False: continuations, songs, remixes, Stable Audio, more
-variations than slots, a model whose loaded backend is not MusicGen) is the caller's to run on the plain path,
-once the loop has drained.
+Continuations (and `/extend` windows), songs and remixes run their own logic in a job thread, whose every model
+call is submitted here and waits for its handles (`run_in_slots`, generation/slot_jobs.py). What the decoder does
+not run (`decodable` is False: Stable Audio, ACE-Step, audio-to-audio, more variations than slots, a model whose
+loaded backend is not MusicGen or MusicGen-melody) is the caller's to run on the plain path, once the loop has
+drained.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from generation.backend import GenerationCancelled, ModelLoadError
 from generation.jobs import Job, JobKind
-from generation.models import Family, ModelInfo, model_info
+from generation.models import ModelInfo, model_info
 from generation.runner import JobRunner
-from generation.types import Audio, GenerationRequest, Progress
+from generation.slot_jobs import DECODER_KINDS, SlotBackend, models_of
+from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +47,13 @@ class DecoderOptions:
 
 @dataclass(eq=False)
 class _Active:
-    """A job in a decoder, as the drive loop sees it."""
+    """A request in a decoder, as the drive loop sees it: a text job's, or one of a job run in a job thread."""
 
     job: Job
     handle: object  # generation.decoder.DecodeHandle
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
     should_stop: Callable[[], bool]
     decoder: object  # generation.decoder.DecoderBackend
+    settle: Callable[[BaseException | None], None]  # once, in the model thread: None when the handle finished
     resolved: bool = field(default=False)
 
 
@@ -88,10 +91,13 @@ class SlotDriver:
         self._model = model_thread
         self._decoders: dict[str, object] = {}  # model id -> DecoderBackend
         self._plain: set[str] = set()  # model ids whose loaded backend the decoder cannot run
-        self._lock = threading.Lock()  # guards _active and _driving (event loop and model thread)
+        self._lock = threading.Lock()  # guards _active, _calls and _driving (event loop, model and job threads)
         self._active: list[_Active] = []
         self._driving = False
         self._calls: list[tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        # Continuations, songs and remixes: their job logic, which calls generate() in the slots (slot_jobs.py).
+        self._job_threads = ThreadPoolExecutor(max_workers=options.slots + 1, thread_name_prefix="bandmate-slot-job")
+        self._closed = False
         self.steps_run = 0  # drive-loop steps, all decoders together
         # Called in the model thread after every drive-loop step with `steps_run` (benchmarks, tests).
         self.on_step: Callable[[int], None] | None = None
@@ -102,15 +108,27 @@ class SlotDriver:
         return min([self.options.slots] + [d.decoder.slots for d in list(self._decoders.values())])
 
     def decodable(self, job: Job) -> bool:
-        """Text jobs of a MusicGen model that fit the slots; a request with input audio (audio-to-audio) does not."""
-        if job.kind is not JobKind.TEXT or job.input_audio is not None and job.spec.strength is not None:
+        """MusicGen text, continuation (and `/extend` window) and song jobs, and MusicGen-melody remixes, that fit
+        the slots; not a request with input audio and a strength (audio-to-audio), nor other families' jobs."""
+        if job.kind not in DECODER_KINDS or job.rows > self.slots:
             return False
-        if job.rows > self.slots or job.model in self._plain:
+        if job.kind is JobKind.TEXT and job.input_audio is not None and job.spec.strength is not None:
             return False
         try:
-            return self.info_for(job.model).family is Family.MUSICGEN
+            return all(model_id not in self._plain and self.info_for(model_id).family is family
+                       for model_id, family in models_of(job).items())
         except Exception:  # noqa: BLE001 - an unreadable model id fails on the plain path with its own message
             return False
+
+    async def ensure_for(self, job: Job) -> bool:
+        """Whether the job runs in the slots: decodable, and every model it calls has its decoder (built now, in
+        the model thread, if need be)."""
+        if not self.decodable(job):
+            return False
+        for model_id in models_of(job):
+            if not await self.ensure(model_id):
+                return False
+        return True
 
     def known(self, model_id: str) -> bool:
         """Whether the model's decoder is built, or its loaded backend is known not to be one the decoder runs."""
@@ -140,19 +158,21 @@ class SlotDriver:
             return {entry.job.id: entry.handle.step for entry in self._active}
 
     def cancel_all(self) -> None:
-        """Stop every active job at the next step (closing down)."""
+        """Stop every active job at the next step (closing down); job threads stop waiting."""
+        self._closed = True
         with self._lock:
             for entry in self._active:
                 entry.handle.cancel()
+        self._job_threads.shutdown(wait=False, cancel_futures=True)
 
     def _decoder_for(self, model_id: str):
         """The model's decoder, built in the model thread on first use (loading the model if need be)."""
         if self.known(model_id):
             return self._decoders.get(model_id)
         backend = self.runner.backend_for(model_id)
-        from generation.musicgen import MusicGenBackend
+        from generation.musicgen import MusicGenBase
 
-        if not isinstance(backend, MusicGenBackend):
+        if not isinstance(backend, MusicGenBase):
             self._plain.add(model_id)
             return None
         from generation.decoder import DecoderBackend
@@ -170,6 +190,8 @@ class SlotDriver:
                      should_stop: Callable[[], bool]) -> list[Audio]:
         """The job's audio (watermarked as `JobRunner.generate` would), once it leaves its slots. Raises the job's
         error, GenerationCancelled, or a clear ValueError for a request the decoder refuses."""
+        if job.kind is not JobKind.TEXT:
+            return await self._run_job(job, progress, should_stop)
         decoder = self._decoders.get(job.model)
         if decoder is None:  # not built yet, or a failed step dropped it a moment ago: a fresh one
             decoder = await self._in_model_thread(lambda: self._decoder_for(job.model))
@@ -179,17 +201,98 @@ class SlotDriver:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         handle = decoder.submit(request, progress=progress)  # checks the request; raises a clear ValueError
-        with self._lock:
-            self._active.append(_Active(job, handle, future, loop, should_stop, decoder))
-            start = not self._driving
-            self._driving = True
-        if start:
-            self._model.submit(self._drive)
+
+        def settle(error: BaseException | None) -> None:  # the watermark (torch work) runs here, in the model thread
+            audios = None
+            if error is None:
+                try:
+                    audios = self.runner.watermarked(job, handle.result())
+                except BaseException as failure:  # noqa: BLE001 - GenerationCancelled, the job's own error
+                    error = failure
+            self._settle(future, loop, audios, error)
+
+        self._watch([_Active(job, handle, should_stop, decoder, settle)])
         try:
             return await future
         except asyncio.CancelledError:  # the caller gave up (shutting down): free the slot at the next step
             handle.cancel()
             raise
+
+    async def _run_job(self, job: Job, progress: Callable[[Progress], None],
+                       should_stop: Callable[[], bool]) -> list[Audio]:
+        """A continuation, song or remix: its job logic in a job thread, calling generate() in the slots."""
+        if not await self.ensure_for(job):
+            raise ValueError(f"{job.model} does not run in the decoder")
+        backends = {}
+        for model_id in models_of(job):
+            decoder = self._decoders.get(model_id)
+            if decoder is None:  # a failed step dropped it a moment ago; the retry builds a fresh one
+                raise RuntimeError(f"the decoder for {model_id} was reset; the job is retried")
+            backends[model_id] = SlotBackend(self.run_in_slots, decoder, job)
+
+        def backend_for(model_id: str):
+            if model_id not in backends:
+                raise ModelLoadError(f"{model_id} is not loaded for this job")
+            return backends[model_id]
+
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            made = await loop.run_in_executor(self._job_threads, lambda: self.runner.made(
+                [job], progress=progress, should_stop=lambda: stop.is_set() or should_stop(), backend_for=backend_for))
+        except asyncio.CancelledError:  # the caller gave up (shutting down): its requests leave at the next step
+            stop.set()
+            raise
+        return await self._in_model_thread(lambda: self.runner.finished(job, made[job.id]))
+
+    def run_in_slots(self, job: Job, decoder, requests: list[GenerationRequest], progress: ProgressCallback | None,
+                     should_stop: Callable[[], bool]) -> list[list[Audio]]:
+        """Blocking, in a job thread: the requests' audio, made in the decoder's slots beside every other job
+        (as `DecoderBackend.generate` makes it, alone)."""
+        from generation.decoder.backend import batch_progress
+        from generation.decoder.jobs import DecodeState
+
+        for request in requests:
+            decoder.decoder.check(request)
+        report = batch_progress(requests, progress)
+        handles = [decoder.submit(r, progress=report) for r in requests]
+        errors: list[BaseException] = []
+        left, done, guard = [len(handles)], threading.Event(), threading.Lock()
+
+        def settle(error: BaseException | None) -> None:
+            with guard:
+                if error is not None:
+                    errors.append(error)
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        self._watch([_Active(job, handle, should_stop, decoder, settle) for handle in handles])
+        while not done.wait(1.0):
+            if self._closed:
+                for handle in handles:
+                    handle.cancel()
+        if errors:
+            raise errors[0]
+        if all(h.state is DecodeState.CANCELLED for h in handles):
+            raise GenerationCancelled("the job was cancelled")
+        return [h.result() for h in handles]
+
+    def _watch(self, entries: list[_Active]) -> None:
+        """Hand submitted requests to the drive loop, starting it if it is not running."""
+        with self._lock:
+            self._active.extend(entries)
+            start = not self._driving
+            self._driving = True
+        if start:
+            try:
+                self._model.submit(self._drive)
+            except RuntimeError as error:  # the model thread is shut down: closing
+                with self._lock:
+                    self._active = [e for e in self._active if e not in entries]
+                    self._driving = False
+                for entry in entries:
+                    self._resolve(entry, error)
 
     async def _in_model_thread(self, fn: Callable[[], object]):
         """fn's result, run in the model thread: between two steps while the drive loop holds that thread (so a job
@@ -288,14 +391,7 @@ class SlotDriver:
             self._resolve(entry, None)
 
     def _resolve(self, entry: _Active, error: BaseException | None) -> None:
-        """Settle the job's future on its event loop; the watermark (torch work) runs here, in the model thread."""
         if entry.resolved:
             return
         entry.resolved = True
-        audios = None
-        if error is None:
-            try:
-                audios = self.runner.watermarked(entry.job, entry.handle.result())
-            except BaseException as failure:  # noqa: BLE001 - GenerationCancelled, the job's own error
-                error = failure
-        self._settle(entry.future, entry.loop, audios, error)
+        entry.settle(error)

@@ -201,7 +201,7 @@ async def test_a_mixed_queue_of_text_and_continuation_completes(tmp_path, redis_
         await bot.wait_delivered(text, cont, pair)
         for j, seconds in ((text, 1.0), (cont, 2.0), (pair, 0.5)):  # the continuation starts with its 1 s input
             await bot.check_done(j, seconds)
-        assert worker.slots.jobs_run == 2 and worker.batches_run == 3  # the continuation: the plain path
+        assert worker.slots.jobs_run == 3 and worker.batches_run == 3  # the continuation ran in the slots too
     await assert_redis_clean(url)
 
 

@@ -20,6 +20,21 @@ from generation.decoder.jobs import DecodeHandle, DecodeState
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, tokens_for
 
 
+def batch_progress(requests: list[GenerationRequest], progress: ProgressCallback | None) -> ProgressCallback:
+    """One progress for requests that run side by side: the furthest step any has drawn, out of the longest's
+    steps (as one `generate` call over all of them reports)."""
+    started = time.monotonic()
+    total = max(tokens_for(r.duration_s) for r in requests)
+    reported = [0]
+
+    def report(p: Progress) -> None:
+        if progress is not None and p.step > reported[0]:
+            reported[0] = p.step
+            progress(Progress(p.step, total, time.monotonic() - started))
+
+    return report
+
+
 class DecoderBackend:
     """A loaded MusicGen or MusicGen-melody run by `MusicGenDecoder`, shaped like `generation.backend.Backend`."""
 
@@ -79,15 +94,7 @@ class DecoderBackend:
             return []
         for r in requests:
             self.decoder.check(r)
-        started = time.monotonic()
-        total = max(tokens_for(r.duration_s) for r in requests)
-        reported = [0]
-
-        def report(p: Progress) -> None:
-            if progress is not None and p.step > reported[0]:
-                reported[0] = p.step
-                progress(Progress(p.step, total, time.monotonic() - started))
-
+        report = batch_progress(requests, progress)
         handles = [self.submit(r, progress=report) for r in requests]
         while not all(h.state.finished for h in handles):
             if should_stop is not None and should_stop():

@@ -1,13 +1,13 @@
 """A worker's decoder slots: stream entries join the running jobs as they arrive (BANDMATE_DECODER=slots).
 
 The fixed-batch worker reads a batch, generates it, publishes it, then reads again. Here the worker keeps reading
-while jobs run (a short blocking read while slots are free, none while they are full), and each MusicGen text
-entry that fits the free slots goes to the shared drive loop (`generation/slot_driver.py`) at once: it draws its
-first token at the next step. Each job is rendered and published (result, ack, delete: one transaction) when it
+while jobs run (a short blocking read while slots are free, none while they are full), and each MusicGen text,
+continuation or song entry, or MusicGen-melody remix, that fits the free slots goes to the shared drive loop
+(`generation/slot_driver.py`) at once: it draws its first token (or starts its prefill) at the next step. Each job is rendered and published (result, ack, delete: one transaction) when it
 leaves its slots, not when the others end; a cancel frees its slot at the next step.
 
-Entries are started in stream order. One that waits for slots, or one for the plain path (continuations, songs,
-remixes, Stable Audio, more variations than slots), stops further reads; a plain one runs through the
+Entries are started in stream order. One that waits for slots, or one for the plain path (Stable Audio, ACE-Step,
+more variations than slots), stops further reads; a plain one runs through the
 fixed-batch path once the running jobs have drained, as in the bot's own `DecoderExecutor`.
 
 At-least-once stays as it is: an entry is held (and kept claimed by the heartbeat) from its read until its outcome
@@ -108,7 +108,7 @@ class WorkerSlots:
         return started
 
     async def _in_slots(self, task: "_Task") -> bool:
-        return self.driver.decodable(task.job) and await self.driver.ensure(task.job.model)
+        return await self.driver.ensure_for(task.job)
 
     def _start(self, task: "_Task") -> None:
         self._rows += task.job.rows

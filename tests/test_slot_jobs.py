@@ -1,0 +1,121 @@
+"""Continuations, songs (a chorus that follows the first one's melody too) and remixes run in the decoder's shared
+slots (generation/slot_jobs.py): the same audio as the plain `generate` path, sample for sample, and they join a
+running job instead of waiting for it to end. The tiny fixtures in fp32; steps and event order, never wall time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generation.backend import GenerationCancelled
+from generation.jobs import DeliveryAddress, Job, JobKind, Operation
+from generation.postprocess import write_flac
+from generation.runner import JobRunner
+from generation.slot_driver import DecoderOptions, SlotDriver
+from generation.song import parse_sections, sections_to_spec
+from generation.spec import ChorusMode, JobSpec
+from storage.files import FileStore
+
+TINY_MELODY = str(Path(__file__).resolve().parent / "fixtures" / "tiny-musicgen-melody")
+RATE = 32_000
+
+
+@pytest.fixture
+def world(tmp_path, models):
+    files = FileStore(tmp_path)
+    runner = JobRunner(models, files)
+    pool = ThreadPoolExecutor(max_workers=1)
+    driver = SlotDriver(runner, DecoderOptions(slots=4), pool)
+    drawn: list[dict[str, int]] = []
+    driver.on_step = lambda step: drawn.append(driver.drawn())
+    yield files, runner, pool, driver, drawn
+    driver.cancel_all()
+    pool.shutdown(wait=True)
+
+
+def stored(files: FileStore, name: str, seconds: float) -> str:
+    t = np.arange(int(seconds * RATE)) / RATE
+    rel = files.path_for(name, "flac")
+    files.absolute(rel).parent.mkdir(parents=True, exist_ok=True)
+    write_flac((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[None], RATE, files.absolute(rel))
+    return rel
+
+
+def make(kind: str, files: FileStore, model: str, sections: str = "verse 2, chorus 2, verse 2, chorus 2",
+         variations: int = 2) -> Job:
+    base = dict(user_id="u", delivery=DeliveryAddress("test"), model=model)
+    if kind == "continue":
+        return Job(prompt="lo-fi piano", duration_s=1.0, seed=11, kind=JobKind.CONTINUE, operation=Operation.EXTEND,
+                   input_audio=stored(files, "source", 1.0), spec=JobSpec(source_s=1.0), **base)
+    if kind == "song":
+        spans = sections_to_spec(parse_sections(sections))
+        return Job(prompt="synth pop", duration_s=sum(s for _, s in spans), seed=5, kind=JobKind.SONG,
+                   variations=variations,
+                   spec=JobSpec(sections=spans, chorus=ChorusMode.MELODY, melody_model=TINY_MELODY), **base)
+    assert kind == "remix"
+    return Job(prompt="brass band", duration_s=1.0, seed=3, kind=JobKind.REMIX, operation=Operation.REMIX,
+               input_audio=stored(files, "tune", 1.5), **{**base, "model": TINY_MELODY})
+
+
+async def plain(pool, runner: JobRunner, job: Job):
+    return (await asyncio.get_running_loop().run_in_executor(pool, runner.generate, [job]))[job.id]
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x.samples, y.samples) for x, y in zip(a, b))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["continue", "song", "remix"])
+async def test_a_job_in_the_slots_sounds_as_the_plain_generate_path_makes_it(world, tiny_model_path, kind):
+    files, runner, pool, driver, drawn = world
+    job = make(kind, files, tiny_model_path)
+    assert driver.decodable(job)
+    slotted = await driver.decode(job, lambda p: None, lambda: False)
+    assert driver.steps_run > 0 and drawn and all(job.id in step for step in drawn)  # it ran in the drive loop
+    assert same(slotted, await plain(pool, runner, job))
+
+
+@pytest.mark.asyncio
+async def test_a_continuation_and_a_song_join_a_running_job_and_leave_before_it(world, tiny_model_path):
+    files, runner, pool, driver, drawn = world
+    long = Job(user_id="u", prompt="jazz drums", duration_s=12.0, model=tiny_model_path, seed=1,
+               delivery=DeliveryAddress("test"))
+    running = asyncio.create_task(driver.decode(long, lambda p: None, lambda: False))
+    deadline = time.monotonic() + 60
+    while not (drawn and drawn[-1].get(long.id, 0) >= 5) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    joined_at = len(drawn)
+    cont = make("continue", files, tiny_model_path)
+    song = make("song", files, tiny_model_path, sections="verse 2, chorus 2", variations=1)
+    cont_audio, song_audio = await asyncio.gather(driver.decode(cont, lambda p: None, lambda: False),
+                                                  driver.decode(song, lambda p: None, lambda: False))
+    assert not running.done()  # both were made while the long job ran on
+    beside = [step for step in drawn[joined_at:] if long.id in step]
+    assert any(cont.id in step for step in beside) and any(song.id in step for step in beside)
+    long_audio = await running
+    assert same(cont_audio, await plain(pool, runner, cont))
+    assert same(song_audio, await plain(pool, runner, song))
+    assert same(long_audio, await plain(pool, runner, long))  # and it is unchanged by them
+
+
+@pytest.mark.asyncio
+async def test_a_song_stopped_mid_run_is_cancelled_and_frees_its_slots(world, tiny_model_path):
+    files, runner, pool, driver, drawn = world
+    song = make("song", files, tiny_model_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(driver.decode(song, lambda p: None, stop.is_set))
+    deadline = time.monotonic() + 60
+    while len(drawn) < 60 and time.monotonic() < deadline:  # past its first section
+        await asyncio.sleep(0.01)
+    stop.set()
+    with pytest.raises(GenerationCancelled):
+        await task
+    assert driver.active_job_ids() == []
+    after = make("continue", files, tiny_model_path)  # the slots serve the next job as before
+    assert same(await driver.decode(after, lambda p: None, lambda: False), await plain(pool, runner, after))
