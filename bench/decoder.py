@@ -4,14 +4,18 @@
     python bench/decoder.py --quick    a smaller shape (bench/generate.py's quick shape)
     python bench/decoder.py --profile  also print a profile of decoder steps at 1 and 4 rows
 
-Every figure comes from this one run (bf16 by default on the CPU; 5 s clips, guidance 3). Printed as `name: value`:
+Every figure comes from this one run (bf16 by default on the CPU; 5 s clips, guidance 3); the two paths' walls are
+interleaved and repeated (`--repeats`, median). Printed as `name: value`:
 
     generate_steps_per_s_rows{1,4,8}   today's path: MusicGenBackend.generate on N requests, steps / wall
     decoder_steps_per_s_rows{1,4,8}    the decoder on the same N requests, submit to delivered, steps / wall
     decoder_step_s_rows{1..8}          the decoder's median steady-state step time at N rows (with guidance)
     decoder_batch{4,8}_vs_batch1       the decoder's own batching gain, per sequence
     raw_batch{4,8}_vs_batch1           today's path's batching gain (N x time of 1 / time of N)
+    encodec_decode_s_rows{1,4,8}       EnCodec decoding N clips' codes at the end: batched as `generate` does, and
+                                       one job at a time as the decoder does
     decoder_vs_generate_rows1          (goal >= 1.5)
+    decoder_vs_generate_tokens_only_rows{1,4,8}  the same walls less that decoding: the token loops compared
     bandwidth_floor_steps_per_s        4 rows: bytes a step reads (decoder weights + KV cache at the mean position)
                                        over the bandwidth of a large tensor copy measured here
     decoder_vs_floor_rows4             steady-state steps/s at 4 rows over that floor (goal >= 0.6)
@@ -87,6 +91,23 @@ def decoder_wall(decoder: MusicGenDecoder, n: int, seconds: float) -> tuple[floa
         times.append(time.perf_counter() - t)
     assert all(h.audio is not None for h in handles)
     return time.perf_counter() - start, times[1:-1]  # not the admitting step, not the decoding one
+
+
+@torch.inference_mode()
+def encodec_seconds(decoder: MusicGenDecoder, rows: int, seconds: float, batched: bool) -> float:
+    """EnCodec decoding `rows` clips' codes into audio at the end of a run: `generate` decodes its batch in one
+    call (batched), the decoder each job on its own as it leaves. Fastest of 2."""
+    model = decoder.model
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, rows, decoder.k, tokens_for(seconds) - 3),
+                          device=decoder.device)
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        for part in ([codes] if batched else codes.split(1, dim=1)):
+            model.audio_encoder.decode(part, [None] * part.shape[1])
+        sync(decoder.device)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def step_time(decoder: MusicGenDecoder, rows: int, seconds: float, steps: int) -> float:
@@ -188,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default=None, help="exact, batched or static (default: the device's)")
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each path per row count, interleaved")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -209,17 +231,29 @@ def main(argv: list[str] | None = None) -> int:
     generate_wall(backend, 1, 0.3)
     decoder_wall(decoder, 2, 0.3)  # warm-up
 
-    gen, dec, steady = {}, {}, {}
+    gen, dec, steady, decode_s = {}, {}, {}, {}
     for n in (1, 4, 8):
-        gen[n] = steps / generate_wall(backend, n, args.seconds)
-        wall, times = decoder_wall(decoder, n, args.seconds)
-        dec[n] = steps / wall
-        steady[n] = 1.0 / statistics.median(times)
+        # interleaved and repeated (this machine is noisy): the median wall of each path
+        gen_walls, dec_walls, step_times = [], [], []
+        for i in range(args.repeats):
+            for path in (("generate", "decoder") if i % 2 == 0 else ("decoder", "generate")):
+                if path == "generate":
+                    gen_walls.append(generate_wall(backend, n, args.seconds))
+                else:
+                    wall, times = decoder_wall(decoder, n, args.seconds)
+                    dec_walls.append(wall)
+                    step_times += times
+        gen[n] = steps / statistics.median(gen_walls)
+        dec[n] = steps / statistics.median(dec_walls)
+        steady[n] = 1.0 / statistics.median(step_times)
+        decode_s[n] = (encodec_seconds(decoder, n, args.seconds, batched=True),
+                       encodec_seconds(decoder, n, args.seconds, batched=False))
         if n == 1:
-            solo_s = wall
-            fixed_s = max(0.0, wall - steps * statistics.median(times))
+            solo_s = statistics.median(dec_walls)
+            fixed_s = max(0.0, solo_s - steps / steady[1])
         print(f"generate_steps_per_s_rows{n}: {gen[n]:.2f}")
         print(f"decoder_steps_per_s_rows{n}: {dec[n]:.2f}")
+        print(f"encodec_decode_s_rows{n}: {decode_s[n][0]:.2f} batched ({decode_s[n][1]:.2f} one by one)")
     step_s = {n: step_time(decoder, n, args.seconds, steps=8 if args.quick else 5) for n in range(1, 9)}
     for n, s in step_s.items():
         print(f"decoder_step_s_rows{n}: {s:.4f}")
@@ -228,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw_batch4_vs_batch1: {4 * gen[4] / gen[1]:.2f}")
     print(f"raw_batch8_vs_batch1: {8 * gen[8] / gen[1]:.2f}")
     print(f"decoder_vs_generate_rows1: {dec[1] / gen[1]:.2f}")
+    # The same walls less their EnCodec decoding (measured alone here): the token loops compared
+    tokens = {n: (steps / gen[n] - decode_s[n][0], steps / dec[n] - decode_s[n][1]) for n in (1, 4, 8)}
+    for n, (g, d) in tokens.items():
+        print(f"decoder_vs_generate_tokens_only_rows{n}: {g / d:.2f}")
 
     element = torch.empty((), dtype=decoder.modules.dtype).element_size()
     bandwidth = copy_bandwidth(decoder.device, mib=2048 if decoder.device.type == "cuda" else 512)
