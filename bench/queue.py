@@ -19,6 +19,9 @@ join free slots at the next step. It also prints
 
     queue_vs_serial_1user        one job through the queue over the same job called directly (goal <= 1.05)
     staggered_vs_serial_4users   throughput with users arriving one every --stagger s, over serial (and 8 users)
+
+With --mixed only a continuation arriving a third of a clip's time after a clip, through the slots and through
+fixed batches (`mixed_{slots,fixed}_{wall_s,clip_latency_s,continuation_latency_s}` and their ratios).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402 - after the path fix (it imports queue)
+
+import numpy as np  # noqa: E402
 
 
 def _load_generate_bench():
@@ -86,8 +91,39 @@ def musicgen_info(model_id: str) -> ModelInfo:
     return ModelInfo(model_id, Family.MUSICGEN, "random weights", supports_continuation=True, default_guidance=3.0)
 
 
+def text_jobs(backend, seconds: float, users: int):
+    """One clip per user, each its own prompt and seed."""
+    def make(files: FileStore) -> list[Job]:
+        return [Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
+                    seed=i, delivery=DeliveryAddress("bench")) for i in range(users)]
+    return make
+
+
+def text_then_continuation(backend, seconds: float):
+    """A clip, then (one gap later) another user's continuation of a 2 s piece by half a clip's length."""
+    def make(files: FileStore) -> list[Job]:
+        from generation.jobs import JobKind, Operation
+        from generation.postprocess import write_flac
+        from generation.spec import JobSpec
+
+        rate = backend.sample_rate
+        t = np.arange(2 * rate) / rate
+        rel = files.path_for("bench-source", "flac")
+        files.absolute(rel).parent.mkdir(parents=True, exist_ok=True)
+        write_flac((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[None], rate, files.absolute(rel))
+        return [Job(user_id="user0", prompt=PROMPTS[0], duration_s=seconds, model=backend.model_id, seed=0,
+                    delivery=DeliveryAddress("bench")),
+                Job(user_id="user1", prompt=PROMPTS[1], duration_s=seconds / 2, model=backend.model_id, seed=1,
+                    kind=JobKind.CONTINUE, operation=Operation.EXTEND, input_audio=rel, spec=JobSpec(source_s=2.0),
+                    delivery=DeliveryAddress("bench"))]
+    return make
+
+
 async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: float = 0.0, *,
-                    model_thread: ThreadPoolExecutor, decoder: bool = False) -> tuple[float, list[float]]:
+                    model_thread: ThreadPoolExecutor, decoder: bool = False,
+                    jobs=None) -> tuple[float, list[float]]:
+    """The queue's wall time and each job's latency (submit to delivered, in submission order). `jobs`: a
+    function of the file store giving the jobs to submit (default: `users` text clips)."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "bench.db")
         files = FileStore(tmp)
@@ -102,16 +138,15 @@ async def run_queue(backend, seconds: float, users: int, max_batch: int, gap_s: 
                               SchedulerConfig(max_batch=max_batch, per_user_pending=10, max_depth=1000,
                                               gather_s=0.0 if decoder else SchedulerConfig.gather_s),
                               model_info=musicgen_info)
+        submitted = (jobs or text_jobs(backend, seconds, users))(files)
         timings = Timings()
-        timings.expected = users
+        timings.expected = len(submitted)
         await scheduler.add_sink("bench", timings)
         await scheduler.start()
         start = time.perf_counter()
-        for i in range(users):
+        for i, job in enumerate(submitted):
             if gap_s and i:
                 await asyncio.sleep(gap_s)
-            job = Job(user_id=f"user{i}", prompt=PROMPTS[i % len(PROMPTS)], duration_s=seconds, model=backend.model_id,
-                      seed=i, delivery=DeliveryAddress("bench"))
             timings.submitted[job.id] = time.perf_counter()
             await scheduler.submit(job)
         await timings.done.wait()
@@ -166,6 +201,27 @@ def report(name: str, seconds: float, users: int, wall: float, latencies: list[f
     return throughput
 
 
+def mixed(args, backend, model_thread, on_model, best) -> int:
+    """A continuation that arrives while a clip is being made: with slots it joins at the next step (its prompt
+    prefilled beside the running clip); with fixed batches (BANDMATE_DECODER=generate) it waits for that batch."""
+    on_model(raw, backend, args.seconds, 2)  # warm up
+    gap = args.seconds / 3
+    runs = {}
+    for decoder in (True, False):
+        runs[decoder] = best(lambda decoder=decoder: asyncio.run(run_queue(
+            backend, args.seconds, 2, max_batch=8, gap_s=gap, model_thread=model_thread, decoder=decoder,
+            jobs=text_then_continuation(backend, args.seconds))))
+    for decoder, name in ((True, "slots"), (False, "fixed")):
+        wall, (clip, continuation) = runs[decoder]
+        print(f"mixed_{name}_wall_s: {wall:.2f}")
+        print(f"mixed_{name}_clip_latency_s: {clip:.2f}")
+        print(f"mixed_{name}_continuation_latency_s: {continuation:.2f}")
+    print(f"mixed_continuation_latency_slots_vs_fixed: {runs[True][1][1] / runs[False][1][1]:.2f}")
+    print(f"mixed_wall_slots_vs_fixed: {runs[True][0] / runs[False][0]:.2f}")
+    model_thread.shutdown()
+    return 0
+
+
 def staggered_only(args, backend, model_thread, on_model, best) -> int:
     """The decoder's figures for arrivals one by one: a single job, then 4 users one every --stagger s."""
     on_model(raw, backend, args.seconds, 4)  # warm up
@@ -201,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the queue with the engine's own decoder (slots; the bot's default)")
     parser.add_argument("--staggered-only", action="store_true",
                         help="with --decoder: only queue_vs_serial_1user and the staggered 4-user figures (a short run)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="only the mixed case: a continuation arriving while a clip runs, slots against fixed "
+                             "batches")
     args = parser.parse_args(argv)
     decoder = args.decoder
     # Every torch call of this process runs on this one thread, as in the bot (see LocalExecutor): a baseline on the
@@ -218,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [fn() for _ in range(args.repeats)]
         return min(runs, key=lambda r: r[0] if isinstance(r, tuple) else r)
 
+    if args.mixed:
+        return mixed(args, backend, model_thread, on_model, best)
     if decoder and args.staggered_only:
         return staggered_only(args, backend, model_thread, on_model, best)
     on_model(raw, backend, args.seconds, 8)  # warm up at the largest shape the runs will use
