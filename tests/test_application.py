@@ -29,7 +29,7 @@ async def test_start_sweeps_leftover_writes_and_close_is_idempotent(tmp_path, ti
     await app.close()  # a second close does nothing
 
 
-def test_the_operator_s_own_tools_skip_member_fairness_limits():
+async def test_the_operator_s_own_tools_skip_member_fairness_limits():  # async: the module is marked asyncio
     settings = Settings.from_env({"BANDMATE_RATE_BURST": "2", "BANDMATE_RATE_PER_MIN": "5",
                                   "BANDMATE_DAILY_QUOTA": "10"})
     member, operator = core_config(settings), core_config(settings, operator=True)
