@@ -24,12 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from generation.backend import GenerationCancelled, ModelLoadError
+from generation.backend import GenerationCancelled
 from generation.jobs import Job, JobKind
 from generation.models import ModelInfo, model_info
 from generation.runner import JobRunner
-from generation.slot_jobs import DECODER_KINDS, SlotBackend, models_of
-from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
+from generation.slot_jobs import DECODER_KINDS, JobThreads, models_of
+from generation.types import Audio, GenerationRequest, Progress
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,10 @@ def slots_for(backend, wanted: int, memory_fraction: float) -> int:
 
     if not str(backend.device).startswith("cuda") or not torch.cuda.is_available():
         return wanted
-    from generation.decoder import cache_bytes_per_slot
-    from generation.types import tokens_for
+    from generation.decoder import TEXT_TOKENS, cache_bytes_per_slot, positions_for
 
     free, _ = torch.cuda.mem_get_info()
-    per_slot = cache_bytes_per_slot(backend.model, 1 + tokens_for(backend.max_duration_s) + 4, 64,
+    per_slot = cache_bytes_per_slot(backend.model, positions_for(backend), TEXT_TOKENS,
                                     next(backend.model.parameters()).dtype)
     fits = int(free * memory_fraction // max(1, per_slot))
     if fits < wanted:
@@ -75,7 +74,7 @@ def slots_for(backend, wanted: int, memory_fraction: float) -> int:
     return max(1, min(wanted, fits))
 
 
-class SlotDriver:
+class SlotDriver(JobThreads):
     """The process's decoders (one per model, built in the model thread on first use) and the loop that steps them.
 
     `model_thread` is the process's one-worker pool for all torch work (see `LocalExecutor`); its owner shuts it
@@ -128,7 +127,8 @@ class SlotDriver:
         for model_id in models_of(job):
             if not await self.ensure(model_id):
                 return False
-        return True
+        # a prompt longer than a slot's text room (the bot's prompts never are) runs on the plain path instead
+        return all(self._decoders[m].decoder.prompt_fits(job.prompt) for m in models_of(job) if m in self._decoders)
 
     def known(self, model_id: str) -> bool:
         """Whether the model's decoder is built, or its loaded backend is known not to be one the decoder runs."""
@@ -190,6 +190,8 @@ class SlotDriver:
                      should_stop: Callable[[], bool]) -> list[Audio]:
         """The job's audio (watermarked as `JobRunner.generate` would), once it leaves its slots. Raises the job's
         error, GenerationCancelled, or a clear ValueError for a request the decoder refuses."""
+        if self._closed:
+            raise GenerationCancelled("closing down")
         if job.kind is not JobKind.TEXT:
             return await self._run_job(job, progress, should_stop)
         decoder = self._decoders.get(job.model)
@@ -200,7 +202,10 @@ class SlotDriver:
         request: GenerationRequest = self.runner.text_request(job, decoder)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        handle = decoder.submit(request, progress=progress)  # checks the request; raises a clear ValueError
+        from generation.decoder.backend import batch_progress
+
+        # checks the request (a clear ValueError); progress never goes back (a job sent back for memory restarts)
+        handle = decoder.submit(request, progress=batch_progress([request], progress))
 
         def settle(error: BaseException | None) -> None:  # the watermark (torch work) runs here, in the model thread
             audios = None
@@ -218,65 +223,10 @@ class SlotDriver:
             handle.cancel()
             raise
 
-    async def _run_job(self, job: Job, progress: Callable[[Progress], None],
-                       should_stop: Callable[[], bool]) -> list[Audio]:
-        """A continuation, song or remix: its job logic in a job thread, calling generate() in the slots."""
-        if not await self.ensure_for(job):
-            raise ValueError(f"{job.model} does not run in the decoder")
-        backends = {}
-        for model_id in models_of(job):
-            decoder = self._decoders.get(model_id)
-            if decoder is None:  # a failed step dropped it a moment ago; the retry builds a fresh one
-                raise RuntimeError(f"the decoder for {model_id} was reset; the job is retried")
-            backends[model_id] = SlotBackend(self.run_in_slots, decoder, job)
-
-        def backend_for(model_id: str):
-            if model_id not in backends:
-                raise ModelLoadError(f"{model_id} is not loaded for this job")
-            return backends[model_id]
-
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-        try:
-            made = await loop.run_in_executor(self._job_threads, lambda: self.runner.made(
-                [job], progress=progress, should_stop=lambda: stop.is_set() or should_stop(), backend_for=backend_for))
-        except asyncio.CancelledError:  # the caller gave up (shutting down): its requests leave at the next step
-            stop.set()
-            raise
-        return await self._in_model_thread(lambda: self.runner.finished(job, made[job.id]))
-
-    def run_in_slots(self, job: Job, decoder, requests: list[GenerationRequest], progress: ProgressCallback | None,
-                     should_stop: Callable[[], bool]) -> list[list[Audio]]:
-        """Blocking, in a job thread: the requests' audio, made in the decoder's slots beside every other job
-        (as `DecoderBackend.generate` makes it, alone)."""
-        from generation.decoder.backend import batch_progress
-        from generation.decoder.jobs import DecodeState
-
-        for request in requests:
-            decoder.decoder.check(request)
-        report = batch_progress(requests, progress)
-        handles = [decoder.submit(r, progress=report) for r in requests]
-        errors: list[BaseException] = []
-        left, done, guard = [len(handles)], threading.Event(), threading.Lock()
-
-        def settle(error: BaseException | None) -> None:
-            with guard:
-                if error is not None:
-                    errors.append(error)
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set()
-
-        self._watch([_Active(job, handle, should_stop, decoder, settle) for handle in handles])
-        while not done.wait(1.0):
-            if self._closed:
-                for handle in handles:
-                    handle.cancel()
-        if errors:
-            raise errors[0]
-        if all(h.state is DecodeState.CANCELLED for h in handles):
-            raise GenerationCancelled("the job was cancelled")
-        return [h.result() for h in handles]
+    @staticmethod
+    def _entry(job: Job, handle, should_stop: Callable[[], bool], decoder,
+               settle: Callable[[BaseException | None], None]) -> _Active:
+        return _Active(job, handle, should_stop, decoder, settle)
 
     def _watch(self, entries: list[_Active]) -> None:
         """Hand submitted requests to the drive loop, starting it if it is not running."""
@@ -286,13 +236,24 @@ class SlotDriver:
             self._driving = True
         if start:
             try:
-                self._model.submit(self._drive)
-            except RuntimeError as error:  # the model thread is shut down: closing
-                with self._lock:
-                    self._active = [e for e in self._active if e not in entries]
-                    self._driving = False
-                for entry in entries:
-                    self._resolve(entry, error)
+                drive = self._model.submit(self._drive)
+            except RuntimeError:  # the model thread is shut down: closing
+                self._abandon()
+                return
+            drive.add_done_callback(lambda f: self._abandon() if f.cancelled() else None)
+
+    def _abandon(self) -> None:
+        """The drive loop will not run (its pool closed before it started): settle everything waiting for it, so
+        no job thread or caller waits for steps that never come."""
+        with self._lock:
+            entries, self._active, self._driving = list(self._active), [], False
+            calls, self._calls = self._calls, []
+        error = GenerationCancelled("closing down")
+        for entry in entries:
+            entry.handle.cancel()
+            self._resolve(entry, error)
+        for _, future, loop in calls:
+            self._settle(future, loop, None, error)
 
     async def _in_model_thread(self, fn: Callable[[], object]):
         """fn's result, run in the model thread: between two steps while the drive loop holds that thread (so a job
@@ -377,6 +338,9 @@ class SlotDriver:
         for model_id, d in list(self._decoders.items()):
             if d is decoder:
                 del self._decoders[model_id]
+        decoder.dead = True  # a job thread between two calls must not submit to it again
+        for handle in decoder.decoder.running() + decoder.decoder.queued():
+            handle.cancel()
         with self._lock:
             failed = [e for e in self._active if e.decoder is decoder]
             self._active = [e for e in self._active if e.decoder is not decoder]

@@ -180,3 +180,38 @@ def test_out_of_memory_decoding_with_nothing_else_running_fails_that_job_alone(t
     assert handle.state is DecodeState.FAILED and decoder.idle
     with pytest.raises(OutOfMemory):
         handle.result()
+
+
+def test_a_job_sent_back_for_memory_is_admitted_before_anything_behind_it(tiny_backend):
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    MemoryBudget(decoder, slots=2)
+    first, second = decoder.submit(TEXT), decoder.submit(SHORT)
+    decoder.step()
+    big = decoder.submit(GenerationRequest("orchestra", 0.5, variations=2, seed=4))
+    decoder.step()  # admitted beside the two, out of memory: sent back
+    assert big.requeued == 1 and decoder.slot_ceiling == 2
+    small = decoder.submit(GenerationRequest("calm", 0.3, seed=5))  # would fit beside them, but waits its turn
+    while second.state is not DecodeState.DONE:
+        decoder.step()
+        assert small.state is DecodeState.QUEUED
+    decoder.run_until_idle()
+    assert small.state is DecodeState.DONE and big.state is DecodeState.DONE
+    assert small.first_step >= big.first_step  # never ahead of the job sent back
+    assert torch.equal(big.codes, alone(tiny_backend, big.request))
+
+
+def test_the_slot_ceiling_is_lifted_when_the_decoder_empties_or_after_a_while():
+    from generation.decoder.memory import SlotCeiling
+
+    ceiling = SlotCeiling(lift_after_steps=10)
+    assert ceiling.allows(in_use=7, rows=1)
+    ceiling.shed(in_use_after=2, step=100)
+    assert ceiling.value == 2 and ceiling.sheds == 1
+    assert ceiling.allows(1, 1) and not ceiling.allows(2, 1)
+    ceiling.stepped(109, live=3)
+    assert ceiling.value == 2  # 9 steps on: still capped
+    ceiling.stepped(110, live=3)
+    assert ceiling.value is None  # 10 steps without running out again: memory is judged afresh
+    ceiling.shed(in_use_after=1, step=200)
+    ceiling.stepped(201, live=0)
+    assert ceiling.value is None  # empty: judged afresh at once

@@ -119,3 +119,35 @@ async def test_a_song_stopped_mid_run_is_cancelled_and_frees_its_slots(world, ti
     assert driver.active_job_ids() == []
     after = make("continue", files, tiny_model_path)  # the slots serve the next job as before
     assert same(await driver.decode(after, lambda p: None, lambda: False), await plain(pool, runner, after))
+
+
+@pytest.mark.asyncio
+async def test_closing_while_the_drive_loop_waits_behind_other_work_settles_every_job(tmp_path, models,
+                                                                                     tiny_model_path):
+    """The model thread is busy (a plain job, a model loading) when a continuation submits its first call; then the
+    bot closes and the queued drive loop never runs. The job still ends, as cancelled, and its job thread exits."""
+    import threading
+
+    files = FileStore(tmp_path)
+    runner = JobRunner(models, files)
+    pool = ThreadPoolExecutor(max_workers=1)
+    driver = SlotDriver(runner, DecoderOptions(slots=2), pool)
+    await driver.ensure_for(make("continue", files, tiny_model_path))  # the decoder is built
+    busy, release = threading.Event(), threading.Event()
+    pool.submit(lambda: (busy.set(), release.wait(30)))
+    assert busy.wait(30)
+    job = make("continue", files, tiny_model_path)
+    task = asyncio.create_task(driver.decode(job, lambda p: None, lambda: False))
+    deadline = time.monotonic() + 30
+    while not driver._driving and time.monotonic() < deadline:  # its first call is queued behind the busy thread
+        await asyncio.sleep(0.01)
+    assert driver._driving and not driver.active_job_ids() == []
+    driver.cancel_all()
+    pool.shutdown(wait=False, cancel_futures=True)  # as DecoderExecutor.close does: the queued loop never starts
+    release.set()
+    with pytest.raises(GenerationCancelled):
+        await asyncio.wait_for(task, 30)
+    assert driver.active_job_ids() == [] and not driver._driving
+    with pytest.raises(GenerationCancelled):  # and nothing new waits for a loop that cannot start
+        await driver.decode(make("continue", files, tiny_model_path), lambda p: None, lambda: False)
+    pool.shutdown(wait=True)

@@ -50,6 +50,7 @@ class DecoderBackend:
         self.device = source.device
         self.dtype = source.dtype
         self._step_lock = threading.Lock()
+        self.dead = False  # set by the drive loop after a failed step: its state is unknown, nothing joins it
 
     @classmethod
     def load(cls, model_id: str, *, device: str = "auto", dtype: str = "auto", **options) -> "DecoderBackend":

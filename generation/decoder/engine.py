@@ -24,6 +24,8 @@ from generation.backend import OutOfMemory
 from generation.decoder.cache import CacheShape, StaticKVCache
 from generation.decoder.conditioning import Conditioning
 from generation.decoder.delivery import audio_of, undelayed_codes
+from generation.decoder.memory import SlotCeiling
+from generation.decoder.requests import RequestLimits
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
 from generation.decoder.sampling import new_generator, sample_job
@@ -32,6 +34,18 @@ from generation.types import GenerationRequest, ProgressCallback, tokens_for
 log = logging.getLogger(__name__)
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# The longest prompt (in text tokens) a slot holds: the bot cuts prompts at 300 characters, T5 needs at most a token
+# a character and an end token, and a song's section adds a few words.
+TEXT_TOKENS = 320
+
+
+def positions_for(backend, text_tokens: int = TEXT_TOKENS) -> int:
+    """Decoder positions one slot needs for the longest call: the BOS, the tokens, the delay pattern's tail, and
+    for MusicGen-melody the chroma-and-text prefix before them."""
+    positions = 1 + tokens_for(backend.max_duration_s) + 4
+    if getattr(backend, "family", "musicgen") == "musicgen-melody":
+        positions += int(backend.chroma_length) + text_tokens
+    return positions
 
 
 def default_mode(device: str, dtype: str) -> StepMode:
@@ -66,7 +80,8 @@ class MusicGenDecoder:
     cancel handles.
     """
 
-    def __init__(self, backend, *, slots: int = 4, max_positions: int | None = None, max_text_tokens: int = 64,
+    def __init__(self, backend, *, slots: int = 4, max_positions: int | None = None,
+                 max_text_tokens: int = TEXT_TOKENS,
                  mode: StepMode | str | None = None, prefill_chunk: int | None = None,
                  cuda_graphs: bool | None = None) -> None:
         if slots < 1:
@@ -77,7 +92,7 @@ class MusicGenDecoder:
         self.modules = DecoderModules(self.model)
         self.k = self.modules.num_codebooks
         self.mode = StepMode(mode) if mode is not None else default_mode(backend.device, backend.dtype)
-        self.max_positions = max_positions or (1 + tokens_for(backend.max_duration_s) + 4)
+        self.max_positions = max_positions or positions_for(backend, max_text_tokens)
         self.prefill_chunk = prefill_chunk
         self.modules.ensure_positions(self.max_positions + 1)
         cfg = self.model.config.decoder
@@ -90,6 +105,8 @@ class MusicGenDecoder:
         self.pad = int(backend.pad_token_id)
         self.melody = getattr(backend, "family", "musicgen") == "musicgen-melody"
         self.conditioning = Conditioning(backend, self.modules, self.cache, self.device)
+        self.limits = RequestLimits(backend, melody=self.melody, slots=slots, max_positions=self.max_positions,
+                                    text_tokens=self.cache.shape.max_text_tokens)
         use_graphs = (self.mode is StepMode.STATIC and self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         self.graphs = None
         if use_graphs:
@@ -99,8 +116,7 @@ class MusicGenDecoder:
 
             self.graphs = CudaGraphSteps(self.modules, self.cache, self.k)
         self.steps_run = 0
-        self.sheds = 0  # jobs sent back to the queue because memory ran out mid-step
-        self.slot_ceiling: int | None = None  # while set, admission keeps the slots in use at or below it
+        self.ceiling = SlotCeiling()  # after running out of memory mid-step: how many slots admission fills
         self._queue: deque[DecodeHandle] = deque()
         self._live: list[LiveJob] = []
         self._to_decode: list[LiveJob] = []  # drawn all their tokens; EnCodec ran out of memory decoding them
@@ -120,32 +136,13 @@ class MusicGenDecoder:
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ValueError (a message for the user) when the request cannot run here."""
-        if self.melody:
-            if request.melody is None:
-                raise ValueError("a remix request needs a melody")
-            if request.audio_prompt is not None:
-                raise ValueError("MusicGen-melody cannot continue audio: remix requests take a melody only")
-        elif request.melody is not None:
-            raise ValueError(f"{self.backend.model_id} cannot follow a melody: remix needs a MusicGen-melody model")
-        if not request.duration_s > 0:
-            raise ValueError("the duration must be more than 0 seconds")
-        if request.duration_s > self.backend.max_duration_s + 1e-6:
-            raise ValueError(f"one model call makes at most {self.backend.max_duration_s:.0f} s")
-        if not 1 <= request.variations <= self.slots:
-            raise ValueError(f"variations must be between 1 and {self.slots} (the decoder's slots)")
-        frames = 0
-        if request.audio_prompt is not None:
-            frames = self.backend._prompt_samples(request.audio_prompt).shape[-1] // self.backend.hop
-            if frames < 1:
-                raise ValueError("the audio prompt is shorter than one frame")
-        if self._offset(request) + 1 + frames + tokens_for(request.duration_s) > self.max_positions:
-            raise ValueError("the audio prompt and the new part are too long for one model call here")
+        self.limits.check(request)
+
+    def prompt_fits(self, prompt: str, margin: int = 16) -> bool:
+        return self.limits.prompt_fits(prompt, margin)
 
     def _offset(self, request: GenerationRequest) -> int:
-        """Decoder positions before the BOS: MusicGen-melody's chroma and text prefix (none for MusicGen)."""
-        if not self.melody:
-            return 0
-        return self.backend.chroma_length + len(self.backend.tokenizer(request.prompt)["input_ids"])
+        return self.limits.offset(request)
 
     def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> DecodeHandle:
         """Queue a request; it joins at the next step that has room for its variations."""
@@ -197,6 +194,7 @@ class MusicGenDecoder:
             self._shed(error)
             return
         self.steps_run += 1
+        self.ceiling.stepped(self.steps_run, len(self._live))
         for job, logits in results:
             self._draw(job, logits)
         for job in [j for j in self._live if j.drawn >= j.steps]:
@@ -232,10 +230,20 @@ class MusicGenDecoder:
         job.handle._requeued()
         with self._lock:
             self._queue.appendleft(job.handle)
-        self.slot_ceiling = self.slots - self.cache.free_slots()
-        self.sheds += 1
+        self.ceiling.shed(self._in_use(), self.steps_run)
         log.warning("out of memory mid-step; job %s (%d slots, %d tokens drawn) waits for memory, %d slots keep "
-                    "running", job.handle.id, job.slots, job.drawn, self.slot_ceiling)
+                    "running", job.handle.id, job.slots, job.drawn, self.ceiling.value)
+
+    def _in_use(self) -> int:
+        return self.slots - self.cache.free_slots()
+
+    @property
+    def sheds(self) -> int:
+        return self.ceiling.sheds
+
+    @property
+    def slot_ceiling(self) -> int | None:
+        return self.ceiling.value
 
     # -- admission --------------------------------------------------------------------------------------------
 
@@ -255,10 +263,10 @@ class MusicGenDecoder:
         with self._lock:
             waiting = list(self._queue)
         for handle in waiting:
-            if self.slot_ceiling is not None and self.slots - self.cache.free_slots() + handle.rows > self.slot_ceiling:
-                continue
-            first = self.cache.allocate(handle.rows)
+            first = self.cache.allocate(handle.rows) if self.ceiling.allows(self._in_use(), handle.rows) else None
             if first is None:
+                if handle.requeued:  # sent back for memory: nothing behind it goes first, so it cannot starve
+                    return
                 continue  # no block of that many slots free; a smaller job behind it may still fit
             try:
                 job = self._admit(handle, first)
@@ -317,7 +325,7 @@ class MusicGenDecoder:
         self._live.remove(job)
         self.cache.release(job.first_slot, job.slots)
         if not self._live:
-            self.slot_ceiling = None  # memory found short mid-step is judged afresh once the decoder is empty
+            self.ceiling.stepped(self.steps_run, 0)  # memory found short mid-step is judged afresh when empty
 
     # -- model calls ------------------------------------------------------------------------------------------
 
