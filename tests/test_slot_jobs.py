@@ -151,3 +151,15 @@ async def test_closing_while_the_drive_loop_waits_behind_other_work_settles_ever
     with pytest.raises(GenerationCancelled):  # and nothing new waits for a loop that cannot start
         await driver.decode(make("continue", files, tiny_model_path), lambda p: None, lambda: False)
     pool.shutdown(wait=True)
+
+
+@pytest.mark.asyncio
+async def test_a_prompt_longer_than_a_slot_holds_goes_the_plain_path_instead_of_failing(world, tiny_model_path):
+    files, runner, pool, driver, drawn = world
+    odd = "".join("aB3xQ9zK"[(i * 5) % 8] + "7mW"[i % 3] for i in range(150))  # 300 characters, a token each
+    job = Job(user_id="u", prompt=odd, duration_s=0.5, model=tiny_model_path, seed=1, delivery=DeliveryAddress("t"))
+    assert driver.decodable(job) and not await driver.ensure_for(job)
+    ordinary = Job(user_id="u", prompt="lo-fi piano, rainy night " * 12, duration_s=0.5, model=tiny_model_path,
+                   seed=1, delivery=DeliveryAddress("t"))
+    assert await driver.ensure_for(ordinary)
+    assert (await plain(pool, runner, job))[0].samples.shape[-1] == RATE // 2  # the plain path makes it

@@ -34,9 +34,10 @@ from generation.types import GenerationRequest, ProgressCallback, tokens_for
 log = logging.getLogger(__name__)
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# The longest prompt (in text tokens) a slot holds: the bot cuts prompts at 300 characters, T5 needs at most a token
-# a character and an end token, and a song's section adds a few words.
-TEXT_TOKENS = 320
+# The longest prompt (in text tokens) a slot holds: the bot cuts prompts at 300 characters, about 75 of T5's tokens
+# in English, and a song's section adds a few words. Longer ones (odd scripts, strings of symbols: T5 can need a
+# token a character) run on the plain path (`SlotDriver.ensure_for`), not in the slots.
+TEXT_TOKENS = 160
 
 
 def positions_for(backend, text_tokens: int = TEXT_TOKENS) -> int:
