@@ -195,7 +195,7 @@ def test_a_job_sent_back_for_memory_is_admitted_before_anything_behind_it(tiny_b
         decoder.step()
         assert small.state is DecodeState.QUEUED
     decoder.run_until_idle()
-    assert small.state is DecodeState.DONE and big.state is DecodeState.DONE
+    assert small.state is DecodeState.DONE and big.state is DecodeState.DONE and first.requeued == 0
     assert small.first_step >= big.first_step  # never ahead of the job sent back
     assert torch.equal(big.codes, alone(tiny_backend, big.request))
 
