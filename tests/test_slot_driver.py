@@ -55,23 +55,39 @@ async def test_a_job_for_another_model_joins_the_running_one_instead_of_waiting_
     pool = ThreadPoolExecutor(max_workers=1)
     driver = SlotDriver(runner, DecoderOptions(slots=2), pool)
     drawn: list[dict[str, int]] = []
-    driver.on_step = lambda step: drawn.append(driver.drawn())
-    try:
-        def piece(model: str, seconds: float, seed: int) -> Job:
-            return Job(user_id="u", prompt="jazz drums", duration_s=seconds, model=model, seed=seed,
-                       delivery=DeliveryAddress("test"))
 
-        first, second = piece(tiny_model_path, 2.0, 1), piece(str(other_model), 0.5, 2)
+    def piece(model: str, seconds: float, seed: int) -> Job:
+        return Job(user_id="u", prompt="jazz drums", duration_s=seconds, model=model, seed=seed,
+                   delivery=DeliveryAddress("test"))
+
+    first, second = piece(tiny_model_path, 2.0, 1), piece(str(other_model), 0.5, 2)
+    def stepped(step: int) -> None:
+        """Model thread, after each step: ordered by steps, not by time."""
+        drawn.append(driver.drawn())
+        deadline = time.monotonic() + 60
+
+        def wait(until) -> None:
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+        if step == 3:  # the first job has drawn 3 tokens: until the second asks for its model (built before step 4)
+            wait(lambda: bool(driver._calls))
+        elif step == 4:  # its model is loaded and its decoder built: until the second job is in the slots
+            wait(lambda: second.id in driver.active_job_ids())
+
+    driver.on_step = stepped
+    try:
         running = asyncio.create_task(driver.decode(first, lambda p: None, lambda: False))
         deadline = time.monotonic() + 60
-        while not (drawn and drawn[-1].get(first.id, 0) >= 3) and time.monotonic() < deadline:
+        while len(drawn) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        assert drawn[2] == {first.id: 3}
         assert not driver.known(str(other_model))
-        joined = await driver.decode(second, lambda p: None, lambda: False)
+        made = await driver.decode(second, lambda p: None, lambda: False)
         assert not running.done()  # delivered while the first still runs: its model was loaded between steps
         assert any(first.id in step and second.id in step for step in drawn)  # the two decoders stepped together
         alone = await asyncio.get_running_loop().run_in_executor(pool, runner.generate, [first, second])
-        assert np.array_equal(joined[0].samples, alone[second.id][0].samples)
+        assert np.array_equal(made[0].samples, alone[second.id][0].samples)
         assert np.array_equal((await running)[0].samples, alone[first.id][0].samples)
     finally:
         pool.shutdown(wait=True)

@@ -25,15 +25,41 @@ TINY_MELODY = str(Path(__file__).resolve().parent / "fixtures" / "tiny-musicgen-
 RATE = 32_000
 
 
+class Steps(list):
+    """After every drive-loop step (model thread): the tokens each active job has drawn. `hold(at, until)` keeps
+    the model thread at step `at` until `until()` holds (never over 60 s), so what a test does meanwhile lands
+    between two known steps, however fast or loaded the machine is."""
+
+    def __init__(self, driver: SlotDriver) -> None:
+        super().__init__()
+        self.driver = driver
+        self.holds: list[tuple[int, object]] = []
+        driver.on_step = self.stepped
+
+    def hold(self, at: int, until) -> None:
+        self.holds.append((at, until))
+
+    def stepped(self, step: int) -> None:
+        self.append(self.driver.drawn())
+        for at, until in self.holds:
+            deadline = time.monotonic() + 60
+            while step == at and not until() and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+    async def reach(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(self) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert len(self) >= count
+
+
 @pytest.fixture
 def world(tmp_path, models):
     files = FileStore(tmp_path)
     runner = JobRunner(models, files)
     pool = ThreadPoolExecutor(max_workers=1)
     driver = SlotDriver(runner, DecoderOptions(slots=4), pool)
-    drawn: list[dict[str, int]] = []
-    driver.on_step = lambda step: drawn.append(driver.drawn())
-    yield files, runner, pool, driver, drawn
+    yield files, runner, pool, driver, Steps(driver)
     driver.cancel_all()
     pool.shutdown(wait=True)
 
@@ -86,13 +112,15 @@ async def test_a_continuation_and_a_song_join_a_running_job_and_leave_before_it(
     files, runner, pool, driver, drawn = world
     long = Job(user_id="u", prompt="jazz drums", duration_s=12.0, model=tiny_model_path, seed=1,
                delivery=DeliveryAddress("test"))
-    running = asyncio.create_task(driver.decode(long, lambda p: None, lambda: False))
-    deadline = time.monotonic() + 60
-    while not (drawn and drawn[-1].get(long.id, 0) >= 5) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    joined_at = len(drawn)
     cont = make("continue", files, tiny_model_path)
     song = make("song", files, tiny_model_path, sections="verse 2, chorus 2", variations=1)
+    assert await driver.ensure_for(cont) and await driver.ensure_for(song)  # decoders built before any hold
+    # the long job runs 5 steps, then the model thread waits there until both newcomers are in the slots
+    drawn.hold(at=5, until=lambda: {cont.id, song.id} <= set(driver.active_job_ids()))
+    running = asyncio.create_task(driver.decode(long, lambda p: None, lambda: False))
+    await drawn.reach(5)
+    joined_at = len(drawn)
+    assert drawn[-1][long.id] == 5
     cont_audio, song_audio = await asyncio.gather(driver.decode(cont, lambda p: None, lambda: False),
                                                   driver.decode(song, lambda p: None, lambda: False))
     assert not running.done()  # both were made while the long job ran on
@@ -109,10 +137,9 @@ async def test_a_song_stopped_mid_run_is_cancelled_and_frees_its_slots(world, ti
     files, runner, pool, driver, drawn = world
     song = make("song", files, tiny_model_path)
     stop = asyncio.Event()
+    drawn.hold(at=60, until=stop.is_set)  # past its first section's start, until the test says stop
     task = asyncio.create_task(driver.decode(song, lambda p: None, stop.is_set))
-    deadline = time.monotonic() + 60
-    while len(drawn) < 60 and time.monotonic() < deadline:  # past its first section
-        await asyncio.sleep(0.01)
+    await drawn.reach(60)
     stop.set()
     with pytest.raises(GenerationCancelled):
         await task
