@@ -83,8 +83,7 @@ class JobRunner:
     ) -> dict[str, list[Audio]]:
         """One model call for the batch (or a windowed continuation for one job). Runs in the model thread."""
         audios = self.made(jobs, progress=progress, should_stop=should_stop)
-        return {job_id: self.finished(next(j for j in jobs if j.id == job_id), pieces)
-                for job_id, pieces in audios.items()}
+        return {job.id: self.finished(job, audios[job.id]) for job in jobs if job.id in audios}
 
     def made(self, jobs: list[Job], *, progress: ProgressCallback | None = None,
              should_stop: Callable[[], bool] | None = None,

@@ -194,11 +194,7 @@ class SlotDriver(JobThreads):
             raise GenerationCancelled("closing down")
         if job.kind is not JobKind.TEXT:
             return await self._run_job(job, progress, should_stop)
-        decoder = self._decoders.get(job.model)
-        if decoder is None:  # not built yet, or a failed step dropped it a moment ago: a fresh one
-            decoder = await self._in_model_thread(lambda: self._decoder_for(job.model))
-        if decoder is None:
-            raise ValueError(f"{job.model} does not run in the decoder")
+        decoder = await self._decoder(job.model)
         request: GenerationRequest = self.runner.text_request(job, decoder)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -223,10 +219,14 @@ class SlotDriver(JobThreads):
             handle.cancel()
             raise
 
-    @staticmethod
-    def _entry(job: Job, handle, should_stop: Callable[[], bool], decoder,
-               settle: Callable[[BaseException | None], None]) -> _Active:
-        return _Active(job, handle, should_stop, decoder, settle)
+    async def _decoder(self, model_id: str):
+        """The model's decoder: built (in the model thread) if need be, or again after a failed step dropped it."""
+        decoder = self._decoders.get(model_id)
+        if decoder is None:
+            decoder = await self._in_model_thread(lambda: self._decoder_for(model_id))
+        if decoder is None:
+            raise ValueError(f"{model_id} does not run in the decoder")
+        return decoder
 
     def _watch(self, entries: list[_Active]) -> None:
         """Hand submitted requests to the drive loop, starting it if it is not running."""

@@ -55,19 +55,12 @@ class SlotBackend:
 
 class JobThreads:
     """SlotDriver's half for jobs whose logic runs in a job thread (generation/slot_driver.py has the drive loop:
-    `_watch`, `_in_model_thread`, `_decoders`, `_decoder_for`, `ensure_for`, `_closed`, `_job_threads`)."""
+    `_watch`, `_decoder`, `_closed`, `_job_threads`)."""
 
     async def _run_job(self, job: Job, progress: Callable[[Progress], None],
                        should_stop: Callable[[], bool]) -> list[Audio]:
         """A continuation, song or remix: its job logic in a job thread, calling generate() in the slots."""
-        if not await self.ensure_for(job):
-            raise ValueError(f"{job.model} does not run in the decoder")
-        backends = {}
-        for model_id in models_of(job):
-            decoder = self._decoders.get(model_id)
-            if decoder is None:  # a failed step dropped it a moment ago: a fresh one
-                decoder = await self._in_model_thread(lambda m=model_id: self._decoder_for(m))
-            backends[model_id] = SlotBackend(self.run_in_slots, decoder, job)
+        backends = {m: SlotBackend(self.run_in_slots, await self._decoder(m), job) for m in models_of(job)}
 
         def backend_for(model_id: str):
             if model_id not in backends:
@@ -92,6 +85,7 @@ class JobThreads:
         (as `DecoderBackend.generate` makes it, alone)."""
         from generation.decoder.backend import batch_progress
         from generation.decoder.jobs import DecodeState
+        from generation.slot_driver import _Active  # the drive loop's entry (that module imports this one)
 
         if self._closed:
             raise GenerationCancelled("closing down")
@@ -112,7 +106,7 @@ class JobThreads:
                 if left[0] == 0:
                     done.set()
 
-        self._watch([self._entry(job, handle, should_stop, decoder, settle) for handle in handles])
+        self._watch([_Active(job, handle, should_stop, decoder, settle) for handle in handles])
         while not done.wait(1.0):
             if self._closed:
                 for handle in handles:

@@ -142,9 +142,6 @@ class MusicGenDecoder:
     def prompt_fits(self, prompt: str, margin: int = 16) -> bool:
         return self.limits.prompt_fits(prompt, margin)
 
-    def _offset(self, request: GenerationRequest) -> int:
-        return self.limits.offset(request)
-
     def submit(self, request: GenerationRequest, *, progress: ProgressCallback | None = None) -> DecodeHandle:
         """Queue a request; it joins at the next step that has room for its variations."""
         self.check(request)
@@ -428,19 +425,22 @@ class MusicGenDecoder:
         except torch.OutOfMemoryError as error:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if job in self._to_decode:
-                self._to_decode.remove(job)
-            if self._live:
+            if self._live:  # others hold memory that frees as they leave: again at the next step
                 log.warning("out of memory decoding job %s to audio; it is decoded again at the next step", handle.id)
-                self._to_decode.append(job)
-            else:
-                handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
+                if job not in self._to_decode:
+                    self._to_decode.append(job)
+                return
+            self._finish_decoding(job, DecodeState.FAILED, error=OutOfMemory(str(error)))
             return
         except Exception as error:  # noqa: BLE001 - one job's decode failure is that job's failure
             log.exception("decoding job %s failed", handle.id)
-            handle._finish(DecodeState.FAILED, error=error)
+            self._finish_decoding(job, DecodeState.FAILED, error=error)
             return
+        handle.codes = codes
+        self._finish_decoding(job, DecodeState.DONE, audio=out)
+
+    def _finish_decoding(self, job: LiveJob, state: DecodeState, **outcome) -> None:
         if job in self._to_decode:
             self._to_decode.remove(job)
-        handle.codes = codes
-        handle._finish(DecodeState.DONE, audio=out)
+        job.handle._finish(state, **outcome)
+

@@ -35,9 +35,9 @@ class RequestLimits:
             frames = self.backend._prompt_samples(request.audio_prompt).shape[-1] // self.backend.hop
             if frames < 1:
                 raise ValueError("the audio prompt is shorter than one frame")
-        if not self.melody and self.prompt_tokens(request.prompt) > self.text_tokens:
-            raise ValueError(f"the prompt is {self.prompt_tokens(request.prompt)} text tokens long; at most "
-                             f"{self.text_tokens} fit in the decoder")
+        tokens = 0 if self.melody else self.prompt_tokens(request.prompt)
+        if tokens > self.text_tokens:
+            raise ValueError(f"the prompt is {tokens} text tokens long; at most {self.text_tokens} fit in the decoder")
         if self.offset(request) + 1 + frames + tokens_for(request.duration_s) > self.max_positions:
             raise ValueError("the audio prompt and the new part are too long for one model call here")
 
