@@ -19,6 +19,9 @@ interleaved and repeated (`--repeats`, median). Printed as `name: value`:
     bandwidth_floor_steps_per_s        4 rows: bytes a step reads (decoder weights + KV cache at the mean position)
                                        over the bandwidth of a large tensor copy measured here
     decoder_vs_floor_rows4             steady-state steps/s at 4 rows over that floor (goal >= 0.6)
+    product_gmac_per_s                 the matrix product's best rate here (feed-forward shape, 8 or 64 rows)
+    decoder_vs_compute_floor_rows4     steady-state steps/s at 4 rows over the step's multiply-adds at that rate:
+                                       the floor that binds where products are compute-bound (bf16 on an AVX2 CPU)
     staggered_vs_serial_{4,8}users     users arriving one every third of a solo clip's time: the decoder's
                                        throughput over one job after another (serial = the solo time measured
                                        here, jobs started at max(arrival, previous finish))
@@ -26,6 +29,7 @@ interleaved and repeated (`--repeats`, median). Printed as `name: value`:
                                        decoder_step_s_rows{1..8} (goal: staggered_vs_serial >= 0.9 x this)
     staggered_p50_s/p95_s_{4,8}users   latency, arrival to delivered
     admit_steps_p95                    steps from submit to a job's first token while others run (goal <= 2)
+    joined_beside_{S-1}_matches_alone  a 1 s job's codes alone and joining S-1 running jobs, at the real widths
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from generation.decoder import MusicGenDecoder, native_bf16  # noqa: E402
+from generation.decoder import MusicGenDecoder, native_bf16, positions_for  # noqa: E402
 from generation.types import GenerationRequest, SamplingParams, tokens_for  # noqa: E402
 
 PROMPTS = ["lo-fi piano, rainy night", "upbeat techno", "calm ambient pads", "jazz trio", "epic orchestral",
@@ -142,6 +146,36 @@ def copy_bandwidth(device="cpu", mib: int = 512) -> float:
     return 2 * src.numel() * src.element_size() / best
 
 
+def product_rate(device, dtype, out_features: int, in_features: int) -> float:
+    """Multiply-adds per second of the device's matrix product at the decoder's feed-forward shape, its weight
+    cache-resident, at 8 and 64 rows (the better of the two): the compute a step cannot beat."""
+    weight = torch.randn(out_features, in_features, device=device).to(dtype)
+    best = 0.0
+    for rows in (8, 64):
+        x = torch.randn(rows, in_features, device=device).to(dtype)
+        for _ in range(3):
+            torch.nn.functional.linear(x, weight)
+        sync(device)
+        repeats = 20
+        t = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.linear(x, weight)
+        sync(device)
+        best = max(best, repeats * rows * weight.numel() / (time.perf_counter() - t))
+    return best
+
+
+def step_macs(model, rows: int, mean_position: float) -> float:
+    """Multiply-adds of one step: every decoder weight once per sequence (x2 guidance), but the embeddings and the
+    text's cross-attention keys and values (computed once at admission), plus self-attention at the mean position."""
+    skip = ("embed_tokens", "encoder_attn.k_proj", "encoder_attn.v_proj")
+    weights = sum(p.numel() for n, p in model.decoder.named_parameters()
+                  if p.dim() == 2 and not any(s in n for s in skip))
+    cfg = model.config.decoder
+    attention = cfg.num_hidden_layers * 2 * cfg.hidden_size * mean_position
+    return 2 * rows * (weights + attention)
+
+
 def step_bytes(model, rows: int, mean_position: float, element: int) -> float:
     """What one step must read: the decoder's layers and heads, and the K/V of `rows` sequences (x2 guidance)."""
     decoder = model.decoder
@@ -170,6 +204,21 @@ def run_staggered(decoder: MusicGenDecoder, users: int, seconds: float, gap_s: f
     latencies = [h.finished_at - a for h, a in zip(handles, submitted_at)]
     admit = [h.first_step - h.submitted_step for h in handles[1:]]
     return wall, latencies, admit
+
+
+def joined_matches_alone(decoder: MusicGenDecoder, others: int, join_at: int = 5) -> bool:
+    """At this model's real widths, a 1 s job's codes alone and joining `others` running jobs at step `join_at`:
+    whether the seed rule (the same audio alone or beside others) holds with this device's kernels."""
+    target = GenerationRequest(PROMPTS[0], 1.0, seed=1234, sampling=SamplingParams(guidance=3.0, top_k=50))
+    alone = decoder.submit(target)
+    decoder.run_until_idle()
+    running = [decoder.submit(r) for r in requests(others, 1.5, offset=200)]
+    for _ in range(join_at):
+        decoder.step()
+    joined = decoder.submit(target)
+    decoder.run_until_idle()
+    assert all(h.audio is not None for h in running)
+    return torch.equal(joined.codes, alone.codes)
 
 
 def serial_wall(users: int, solo_s: float, gap_s: float) -> float:
@@ -211,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path per row count, interleaved")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--max-positions", type=int, default=None,
+                        help="cache positions per slot (default: the bot's, for its longest call)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     built = time.perf_counter()
     backend = _generate_bench().random_backend(args.quick, args.device, args.dtype)
     steps = tokens_for(args.seconds)
-    decoder = MusicGenDecoder(backend, slots=args.slots, max_positions=1 + steps + 4, mode=args.mode,
+    # the bot's cache width (its longest call, 30 s) by default: the static step attends over all of it
+    positions = args.max_positions or positions_for(backend)
+    decoder = MusicGenDecoder(backend, slots=args.slots, max_positions=positions, mode=args.mode,
                               cuda_graphs=False if args.no_cuda_graphs else None)
     print(f"model: {'quick' if args.quick else 'musicgen-small'} shape, {backend.device} {backend.dtype}, built in "
-          f"{time.perf_counter() - built:.1f} s; decoder mode {decoder.mode.value}, {args.slots} slots, "
-          f"{args.seconds:g} s clips ({steps} steps), guidance 3, {torch.get_num_threads()} threads")
+          f"{time.perf_counter() - built:.1f} s; decoder mode {decoder.mode.value}, {args.slots} slots of "
+          f"{positions} positions, {args.seconds:g} s clips ({steps} steps), guidance 3, "
+          f"{torch.get_num_threads()} threads")
     # Honest about what ran: the dtype the decoder's products computed in, and whether this device has native bf16
     # products (without them, on an AVX2 CPU, a bf16 linear costs the same per row and batching gains little).
     print(f"compute_dtype: {str(decoder.modules.dtype).removeprefix('torch.')}")
@@ -273,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy_bandwidth_gb_s: {bandwidth / 1e9:.1f}")
     print(f"bandwidth_floor_steps_per_s: {floor:.2f}")
     print(f"decoder_vs_floor_rows4: {steady[4] / floor:.2f}")
+    if decoder.device.type == "cpu":  # where products are compute-bound (bf16 on an AVX2 CPU), compute binds
+        cfg = backend.model.config.decoder
+        rate = product_rate(decoder.device, decoder.modules.dtype, cfg.ffn_dim, cfg.hidden_size)
+        compute_floor = rate / step_macs(backend.model, 4, steps / 2)
+        print(f"product_gmac_per_s: {rate / 1e9:.1f}")
+        print(f"compute_floor_steps_per_s_rows4: {compute_floor:.2f}")
+        print(f"decoder_vs_compute_floor_rows4: {steady[4] / compute_floor:.2f}")
+    print(f"joined_beside_{args.slots - 1}_matches_alone: {joined_matches_alone(decoder, args.slots - 1)}")
 
     gap = solo_s / 3
     admits = []

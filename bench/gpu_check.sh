@@ -30,9 +30,13 @@ step() {  # step NAME SECONDS COMMAND...: one figure file per step
     local name=$1 seconds=$2
     shift 2
     echo "== $name"
-    timeout "$seconds" "$@" 2>&1 | grep -v -e "Loading weights" -e "^\[transformers\]" | tee "$OUT/$name.txt"
+    timeout "$seconds" "$@" 2>&1 | grep --line-buffered -v -e "Loading weights" -e "^\[transformers\]" \
+        | tee "$OUT/$name.txt"
 }
-step cuda_check 90 python3 bench/cuda_check.py
-step decoder_graphs 170 python3 bench/decoder.py --device cuda --dtype bf16
-step decoder_eager 130 python3 bench/decoder.py --device cuda --dtype bf16 --no-cuda-graphs
-step ace_step 120 python3 bench/generate.py --family ace-step --device cuda --dtype bf16
+# 505 s of steps in all, inside the run's 560 s; the out-of-memory check is its own process, so an error that
+# poisons its CUDA context cannot cost the other figures
+step cuda_check 80 python3 bench/cuda_check.py
+step cuda_oom 45 python3 bench/cuda_check.py --oom
+step decoder_graphs 170 python3 bench/decoder.py --device cuda --dtype bf16 --repeats 2
+step decoder_eager 110 python3 bench/decoder.py --device cuda --dtype bf16 --repeats 1 --no-cuda-graphs
+step ace_step 100 python3 bench/generate.py --family ace-step --device cuda --dtype bf16

@@ -49,8 +49,9 @@ from generation.ace_step_facts import (  # noqa: F401 - the family's facts, re-e
     BASE_GUIDANCE, BASE_STEPS, DEFAULT_MODEL, FAMILY, LICENSE, MAX_DURATION_S, PIPELINE_CLASS, SAMPLE_RATE,
     TURBO_STEPS, is_ace_step, license_for, model_facts,
 )
-from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
-from generation.musicgen import DeviceChoice, choose_device, is_out_of_memory
+from generation.backend import GenerationCancelled, ModelLoadError
+from generation.musicgen import DeviceChoice, choose_device
+from generation.out_of_memory import as_out_of_memory, is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,8 @@ class AceStepBackend:
         if len(keys) > 1:
             raise ValueError("these ACE-Step requests cannot share a call (batch_key differs)")
         with self._lock:
-            try:
+            with as_out_of_memory():
                 return self._generate_batch(ace, progress, should_stop)
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(str(error)) from error
 
     def _generate_batch(self, requests: list[AceRequest], progress: ProgressCallback | None,
                         should_stop: Callable[[], bool] | None) -> list[list[Audio]]:

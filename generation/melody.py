@@ -28,7 +28,8 @@ import torch
 
 from generation.backend import Backend, ModelLoadError
 from generation.hub import hub_load_options
-from generation.musicgen import MusicGenBase, explain_load_error, is_out_of_memory
+from generation.musicgen import MusicGenBase, explain_load_error
+from generation.out_of_memory import is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, SamplingParams, tokens_for
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from typing import Callable, Self
 import numpy as np
 import torch
 
-from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
+from generation.backend import GenerationCancelled, ModelLoadError
 from generation.hub import hub_load_options
+from generation.out_of_memory import as_out_of_memory, is_out_of_memory
 from generation.sampling import RowSampler, SamplingFinished
 from generation.types import DELAY_STEPS, Audio, GenerationRequest, ProgressCallback, SamplingParams, tokens_for
 
@@ -63,10 +64,6 @@ def license_for(model_id: str) -> str:
         if model_id.startswith(prefix):
             return text
     return "see the model card"
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def explain_load_error(model_id: str, error: BaseException, *, kind: str = "MusicGen", setting: str = "BANDMATE_MODEL",
@@ -163,12 +160,8 @@ class MusicGenBase:
             raise ValueError("a batch must share sampling parameters")
         self._check_batch(requests)
         with self._lock:
-            try:
+            with as_out_of_memory():
                 return self._generate_batch(requests, sampling, progress, should_stop)
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(str(error)) from error
 
     def _check_batch(self, requests: list[GenerationRequest]) -> None:
         """Raise ValueError for requests that cannot share one call (before the lock is taken)."""

@@ -38,9 +38,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from generation.backend import GenerationCancelled, ModelLoadError, OutOfMemory
+from generation.backend import GenerationCancelled, ModelLoadError
 from generation.hub import hub_load_options
-from generation.musicgen import DeviceChoice, choose_device, is_out_of_memory
+from generation.musicgen import DeviceChoice, choose_device
+from generation.out_of_memory import as_out_of_memory, is_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -167,12 +168,8 @@ class StableAudioBackend:
             return []
         self._check_batch(requests)
         with self._lock:
-            try:
+            with as_out_of_memory():
                 return self._generate_batch(requests, progress, should_stop)
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(str(error)) from error
 
     def _check_batch(self, requests: list[GenerationRequest]) -> None:
         """Raise ValueError for requests that cannot share one call (the scheduler never sends such a batch)."""

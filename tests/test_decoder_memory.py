@@ -23,8 +23,9 @@ class MemoryBudget:
     """Wraps a decoder's forward calls: with more than `slots` slots in use, a call raises out of memory. `fail_calls`
     instead names which forward calls (counted from 1) raise, whatever the slots."""
 
-    def __init__(self, decoder: MusicGenDecoder, slots: int | None = None, fail_calls: set[int] = frozenset()):
-        self.decoder, self.slots, self.fail_calls = decoder, slots, set(fail_calls)
+    def __init__(self, decoder: MusicGenDecoder, slots: int | None = None, fail_calls: set[int] = frozenset(),
+                 error=lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        self.decoder, self.slots, self.fail_calls, self.error = decoder, slots, set(fail_calls), error
         self.calls = 0
         self.raised = 0
         for name in ("forward_blocks", "forward_static"):
@@ -39,7 +40,7 @@ class MemoryBudget:
             over = self.slots is not None and self.in_use() > self.slots
             if over or self.calls in self.fail_calls:
                 self.raised += 1
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                raise self.error()
             return forward(*args, **kwargs)
         return guarded
 
@@ -85,6 +86,58 @@ def test_out_of_memory_mid_step_requeues_the_newest_job_and_every_job_sounds_as_
         assert torch.equal(handle.codes, alone(tiny_backend, request)), request.prompt
     assert progress[-1] == tokens_for(LATE.duration_s)
     assert decoder.slot_ceiling is None  # lifted once the decoder emptied; the next job is admitted at once
+
+
+def test_a_cuda_error_out_of_memory_from_a_kernel_is_met_like_the_allocators_own(tiny_backend):
+    """cuBLAS or a kernel launch that finds no memory raises RuntimeError ("CUDA error: out of memory"), not
+    torch.OutOfMemoryError: it must shed a job the same way, not fail the decoder and every job in it."""
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    budget = MemoryBudget(decoder, slots=1, error=lambda: RuntimeError(
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"))
+    first = decoder.submit(TEXT)
+    decoder.step()
+    second = decoder.submit(SHORT)
+    decoder.step()
+    assert budget.raised == 1 and decoder.sheds == 1 and second.requeued == 1
+    decoder.run_until_idle()
+    assert first.state is DecodeState.DONE and second.state is DecodeState.DONE
+    assert torch.equal(first.codes, alone(tiny_backend, TEXT)) and torch.equal(second.codes, alone(tiny_backend, SHORT))
+
+
+def test_any_other_error_in_a_step_is_not_taken_for_memory(tiny_backend):
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    MemoryBudget(decoder, fail_calls={2}, error=lambda: RuntimeError("CUDA error: an illegal memory access"))
+    decoder.submit(TEXT)
+    decoder.step()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        decoder.step()
+    assert decoder.sheds == 0
+
+
+def test_out_of_memory_while_sampling_gives_the_jobs_already_drawn_their_rng_back(tiny_backend, monkeypatch):
+    """Sampling allocates too (top-k, softmax, the draw). Running out there, after another job has drawn, must not
+    move that job's RNG on: the step runs again and every job still sounds as it does alone."""
+    import generation.decoder.engine as engine
+
+    decoder = MusicGenDecoder(tiny_backend, slots=4, max_positions=200)
+    first, second = decoder.submit(TEXT), decoder.submit(LATE)
+    for _ in range(3):
+        decoder.step()
+    sample, calls = engine.sample_job, []
+
+    def second_runs_short(logits, **kwargs):
+        calls.append(kwargs["params"])
+        if len(calls) == 2:  # the first job has drawn this step; the second runs out
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return sample(logits, **kwargs)
+
+    monkeypatch.setattr(engine, "sample_job", second_runs_short)
+    decoder.step()
+    assert decoder.sheds == 1 and second.requeued == 1  # the newest slot, as many drawn: the higher one goes
+    assert first.step == 3 and first.state is DecodeState.RUNNING
+    decoder.run_until_idle()
+    assert torch.equal(first.codes, alone(tiny_backend, TEXT))
+    assert torch.equal(second.codes, alone(tiny_backend, LATE))
 
 
 def test_a_prefill_cut_short_by_out_of_memory_is_run_again_from_where_it_stood(tiny_backend, prompt_audio):

@@ -12,11 +12,10 @@ import threading
 import time
 from typing import Callable
 
-import torch
-
-from generation.backend import GenerationCancelled, OutOfMemory
+from generation.backend import GenerationCancelled
 from generation.decoder.engine import MusicGenDecoder
 from generation.decoder.jobs import DecodeHandle, DecodeState
+from generation.out_of_memory import as_out_of_memory
 from generation.types import Audio, GenerationRequest, Progress, ProgressCallback, tokens_for
 
 
@@ -72,12 +71,8 @@ class DecoderBackend:
 
     def step(self) -> None:
         with self._step_lock:
-            try:
+            with as_out_of_memory():
                 self.decoder.step()
-            except torch.OutOfMemoryError as error:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(str(error)) from error
 
     def run_until_idle(self, should_stop: Callable[[], bool] | None = None) -> None:
         while not self.decoder.idle:

@@ -29,6 +29,7 @@ from generation.decoder.requests import RequestLimits
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
 from generation.decoder.sampling import new_generator, sample_job
+from generation.out_of_memory import free_cached_memory, is_out_of_memory
 from generation.types import GenerationRequest, ProgressCallback, tokens_for
 
 log = logging.getLogger(__name__)
@@ -185,16 +186,18 @@ class MusicGenDecoder:
         self._admit_waiting()
         marks = [(job, job.prefill_mark()) for job in self._live if job.prefilling]
         try:
-            results = self._forward()
-        except torch.OutOfMemoryError as error:
+            drawn = self._sample(self._forward())
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
             for job, mark in marks:
                 job.back_to(mark)  # nothing was drawn: the step runs again, with fewer jobs, next time
             self._shed(error)
             return
         self.steps_run += 1
         self.ceiling.stepped(self.steps_run, len(self._live))
-        for job, logits in results:
-            self._draw(job, logits)
+        for job, tokens in drawn:
+            self._commit(job, tokens)
         for job in [j for j in self._live if j.drawn >= j.steps]:
             self._deliver(job)
 
@@ -210,14 +213,13 @@ class MusicGenDecoder:
         decoding = [j for j in self._live if not j.prefilling and id(j) not in just_prefilled]
         return prefilled + self._decode(decoding)
 
-    def _shed(self, error: torch.OutOfMemoryError) -> None:
+    def _shed(self, error: BaseException) -> None:
         """Out of accelerator memory in the middle of a step: the running jobs must not fail for it. The job that
         loses least (fewest tokens drawn; of those, the one in the highest slots, which shrinks the static step
         most) gives its slots back and waits at the head of the queue; it starts again from its seed, so its
         audio is the same. Until the decoder empties, admission stops at the slots still in use. A job that
         does not fit even alone fails with OutOfMemory."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_cached_memory()
         if len(self._live) == 1:
             (job,) = self._live
             self._release(job)
@@ -268,19 +270,14 @@ class MusicGenDecoder:
                 continue  # no block of that many slots free; a smaller job behind it may still fit
             try:
                 job = self._admit(handle, first)
-            except torch.OutOfMemoryError as error:
-                self.cache.release(first, handle.rows)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if self._live:  # running jobs will free memory as they leave; never fail them for a newcomer
-                    log.warning("out of memory admitting a job; it stays queued")
-                    return
-                with self._lock:
-                    self._queue.remove(handle)
-                handle._finish(DecodeState.FAILED, error=OutOfMemory(str(error)))
-                continue
             except Exception as error:  # noqa: BLE001 - a bad request fails alone, never the running jobs
                 self.cache.release(first, handle.rows)
+                if is_out_of_memory(error):
+                    free_cached_memory()
+                    if self._live:  # running jobs will free memory as they leave; never fail them for a newcomer
+                        log.warning("out of memory admitting a job; it stays queued")
+                        return
+                    error = OutOfMemory(str(error))
                 with self._lock:
                     self._queue.remove(handle)
                 handle._finish(DecodeState.FAILED, error=error)
@@ -400,9 +397,21 @@ class MusicGenDecoder:
 
     # -- tokens and delivery ----------------------------------------------------------------------------------
 
-    def _draw(self, job: LiveJob, logits: torch.Tensor) -> None:
-        tokens = sample_job(logits, slots=job.slots, num_codebooks=self.k, guided=job.guided, params=job.params,
-                            generators=job.generators)
+    def _sample(self, results: list[tuple[LiveJob, torch.Tensor]]) -> list[tuple[LiveJob, torch.Tensor]]:
+        """Each job's tokens from its logits. Sampling allocates too: if it runs out of memory part-way, the jobs
+        already sampled get their RNG states back, so the step runs again next time with the same draws."""
+        states = [(gen, gen.get_state()) for job, _ in results for gen in job.generators]
+        try:
+            return [(job, sample_job(logits, slots=job.slots, num_codebooks=self.k, guided=job.guided,
+                                     params=job.params, generators=job.generators))
+                    for job, logits in results]
+        except Exception:
+            for gen, state in states:
+                gen.set_state(state)
+            raise
+
+    def _commit(self, job: LiveJob, tokens: torch.Tensor) -> None:
+        """A job's drawn tokens into its sequence (the delay pattern's fixed places keep theirs)."""
         pos = job.next_pos + 1
         wanted = job.pattern[:, :, pos]
         job.seq[:, :, pos] = torch.where(wanted == -1, tokens, wanted)
@@ -422,19 +431,18 @@ class MusicGenDecoder:
         try:
             codes = undelayed_codes(job, self.k)
             out = audio_of(self.backend, job, codes)
-        except torch.OutOfMemoryError as error:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        except Exception as error:  # noqa: BLE001 - one job's decode failure is that job's failure
+            if not is_out_of_memory(error):
+                log.exception("decoding job %s failed", handle.id)
+                self._finish_decoding(job, DecodeState.FAILED, error=error)
+                return
+            free_cached_memory()
             if self._live:  # others hold memory that frees as they leave: again at the next step
                 log.warning("out of memory decoding job %s to audio; it is decoded again at the next step", handle.id)
                 if job not in self._to_decode:
                     self._to_decode.append(job)
                 return
             self._finish_decoding(job, DecodeState.FAILED, error=OutOfMemory(str(error)))
-            return
-        except Exception as error:  # noqa: BLE001 - one job's decode failure is that job's failure
-            log.exception("decoding job %s failed", handle.id)
-            self._finish_decoding(job, DecodeState.FAILED, error=error)
             return
         handle.codes = codes
         self._finish_decoding(job, DecodeState.DONE, audio=out)

@@ -36,7 +36,9 @@ class CudaGraphSteps:
                 self.modules.forward_static(tokens, positions, self.cache)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # Captured on the warm-up's own stream, so per-stream state (the cuBLAS workspace) exists before capture.
+        # Capture is process-global: no other thread may touch CUDA meanwhile (torch runs on the model thread).
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
             logits = self.modules.forward_static(tokens, positions, self.cache)
         self._pool = graph.pool()
         log.info("captured a CUDA graph of the decoder step for %d rows", rows)
@@ -49,4 +51,6 @@ class CudaGraphSteps:
         static_tokens.copy_(tokens)
         static_positions.copy_(positions)
         graph.replay()
+        # Every bucket's graph shares one memory pool, so another bucket's replay may overwrite these logits:
+        # they are copied out at once, before any other replay.
         return logits.clone()
