@@ -110,6 +110,8 @@ def one_kernel_family():
 
 def sdpa_choice(backend, mode: StepMode) -> str:
     """The fused attention kernel torch would pick for a decoding step of this mode (bf16, 3 slots' rows)."""
+    from torch.nn.attention import SDPBackend
+
     heads = backend.model.config.decoder.num_attention_heads
     head_dim = backend.model.config.decoder.hidden_size // heads
     rows, device = 6, backend.device
@@ -117,8 +119,6 @@ def sdpa_choice(backend, mode: StepMode) -> str:
     width = MAX_POSITIONS + 1 if mode is StepMode.STATIC else 40
     k = torch.randn(rows, heads, width, head_dim, device=device, dtype=torch.bfloat16)
     mask = torch.ones(rows, 1, 1, width, dtype=torch.bool, device=device) if mode is StepMode.STATIC else None
-    from torch.nn.attention import SDPBackend
-
     choice = torch._fused_sdp_choice(q, k, k, attn_mask=mask)
     return SDPBackend(choice).name
 

@@ -25,7 +25,7 @@ from generation.decoder.cache import CacheShape, StaticKVCache
 from generation.decoder.conditioning import Conditioning
 from generation.decoder.delivery import audio_of, undelayed_codes
 from generation.decoder.memory import SlotCeiling
-from generation.decoder.requests import RequestLimits
+from generation.decoder.requests import TEXT_TOKENS, RequestLimits, positions_for
 from generation.decoder.forward import DecoderModules, RowBlock, StepMode
 from generation.decoder.jobs import DecodeHandle, DecodeState, LiveJob
 from generation.decoder.sampling import new_generator, sample_job
@@ -35,19 +35,6 @@ from generation.types import GenerationRequest, ProgressCallback, tokens_for
 log = logging.getLogger(__name__)
 
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# The longest prompt (in text tokens) a slot holds: the bot cuts prompts at 300 characters, about 75 of T5's tokens
-# in English, and a song's section adds a few words. Longer ones (odd scripts, strings of symbols: T5 can need a
-# token a character) run on the plain path (`SlotDriver.ensure_for`), not in the slots.
-TEXT_TOKENS = 160
-
-
-def positions_for(backend, text_tokens: int = TEXT_TOKENS) -> int:
-    """Decoder positions one slot needs for the longest call: the BOS, the tokens, the delay pattern's tail, and
-    for MusicGen-melody the chroma-and-text prefix before them."""
-    positions = 1 + tokens_for(backend.max_duration_s) + 4
-    if getattr(backend, "family", "musicgen") == "musicgen-melody":
-        positions += int(backend.chroma_length) + text_tokens
-    return positions
 
 
 def default_mode(device: str, dtype: str) -> StepMode:

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from generation.types import GenerationRequest, tokens_for
 
+# The longest prompt (in text tokens) a slot holds: the bot cuts prompts at 300 characters, about 75 of T5's tokens
+# in English, and a song's section adds a few words. Longer ones (odd scripts, strings of symbols: T5 can need a
+# token a character) run on the plain path (`SlotDriver.ensure_for`), not in the slots.
+TEXT_TOKENS = 160
+
+
+def positions_for(backend, text_tokens: int = TEXT_TOKENS) -> int:
+    """Decoder positions one slot needs for the longest call: the BOS, the tokens, the delay pattern's tail, and
+    for MusicGen-melody the chroma-and-text prefix before them."""
+    positions = 1 + tokens_for(backend.max_duration_s) + 4
+    if getattr(backend, "family", "musicgen") == "musicgen-melody":
+        positions += int(backend.chroma_length) + text_tokens
+    return positions
+
 
 class RequestLimits:
     """The decoder's family (MusicGen or MusicGen-melody), its slots, and the room one slot has."""
@@ -49,8 +63,7 @@ class RequestLimits:
         MusicGen-melody its prefix with a call of the longest duration."""
         tokens = self.prompt_tokens(prompt) + margin
         if self.melody:
-            return self.backend.chroma_length + tokens + 1 + tokens_for(self.backend.max_duration_s) + 4 \
-                <= self.max_positions
+            return positions_for(self.backend, tokens) <= self.max_positions
         return tokens <= self.text_tokens
 
     def offset(self, request: GenerationRequest) -> int:

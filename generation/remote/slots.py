@@ -3,12 +3,13 @@
 The fixed-batch worker reads a batch, generates it, publishes it, then reads again. Here the worker keeps reading
 while jobs run (a short blocking read while slots are free, none while they are full), and each MusicGen text,
 continuation or song entry, or MusicGen-melody remix, that fits the free slots goes to the shared drive loop
-(`generation/slot_driver.py`) at once: it draws its first token (or starts its prefill) at the next step. Each job is rendered and published (result, ack, delete: one transaction) when it
-leaves its slots, not when the others end; a cancel frees its slot at the next step.
+(`generation/slot_driver.py`) at once: it draws its first token (or starts its prefill) at the next step. Each
+job is rendered and published (result, ack, delete: one transaction) when it leaves its slots, not when the others
+end; a cancel frees its slot at the next step.
 
 Entries are started in stream order. One that waits for slots, or one for the plain path (Stable Audio, ACE-Step,
-more variations than slots), stops further reads; a plain one runs through the
-fixed-batch path once the running jobs have drained, as in the bot's own `DecoderExecutor`.
+more variations than slots), stops further reads; a plain one runs through the fixed-batch path once the running
+jobs have drained, as in the bot's own `DecoderExecutor`.
 
 At-least-once stays as it is: an entry is held (and kept claimed by the heartbeat) from its read until its outcome
 is published, so a worker killed mid-run leaves every running entry pending for another worker to take over; the

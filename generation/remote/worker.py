@@ -94,6 +94,7 @@ class Worker:
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandmate-model")
         self._held: dict[bytes, _Task] = {}  # entries this worker holds; the heartbeat keeps them claimed
         self._stopping = asyncio.Event()
+        self._beating = False  # the heartbeat's own stop: a cancel that lands inside a Redis call can be swallowed
         self._claim_cursor = "0-0"
         self._heartbeat_script = self.redis.register_script(_HEARTBEAT_LUA)
         self._progress_latest: dict[tuple[str, ...], Progress] = {}  # per batch (or slot job): its latest report
@@ -130,6 +131,7 @@ class Worker:
             log.info("worker %s loading %s", self.name, self.settings.model)
             load = self.slots.driver.prepare if self.slots is not None else self.models.get
             await self._loop.run_in_executor(self._model_thread, load, self.settings.model)
+            self._beating = True
             heartbeat = asyncio.create_task(self._heartbeat(), name="bandmate-worker-heartbeat")
             self.ready = True
             log.info("worker %s ready (%s of up to %d rows)", self.name,
@@ -165,6 +167,7 @@ class Worker:
             self.ready = False
             await self.serving.close()
             if heartbeat is not None:
+                self._beating = False
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
             if self._progress_task is not None:
@@ -522,7 +525,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         """Keep this worker counted as live, and its held entries from looking idle to other workers."""
         ttl_ms = max(self.claim_idle_ms, int(3000 * self.heartbeat_s))
-        while True:
+        while self._beating:
             try:
                 await self.redis.set(self.keys.worker(self.name), b"1", px=ttl_ms)
                 held = list(self._held)
